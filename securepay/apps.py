@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class SecurepayConfig(AppConfig):
+    name = "securepay"
+    verbose_name = "Payment sessions"

@@ -1,0 +1,3 @@
+"""WebSocket routes. Every consumer resolves the tenant from the logged-in user."""
+
+websocket_urlpatterns: list = []
