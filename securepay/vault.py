@@ -1,0 +1,135 @@
+"""The short-lived card vault: the only place a card rests between the media
+worker (which captured it) and the gateway task (which charges it).
+
+AES-256-GCM with VAULT_KEY; the session id is authenticated data, so a
+ciphertext cannot be replayed into another session. Redis with a TTL of at
+most 15 minutes in production (shared by media and Celery workers); an
+in-process store in the demo. `take` reads and deletes in one step: a card is
+charged from the vault at most once. The web tier runs without VAULT_KEY and so
+cannot read it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+import time
+from functools import lru_cache
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.conf import settings
+
+from securepay.card import Card
+
+KEY_PREFIX = "securepay:vault:card:"
+NONCE_BYTES = 12
+
+
+class VaultUnavailable(RuntimeError):
+    """No key or no store: the card cannot be kept, so nothing is accepted (fail closed)."""
+
+
+def _load_key() -> bytes:
+    if settings.VAULT_KEY:
+        try:
+            key = base64.urlsafe_b64decode(settings.VAULT_KEY + "=" * (-len(settings.VAULT_KEY) % 4))
+        except ValueError as exc:
+            raise VaultUnavailable("VAULT_KEY is not valid base64") from exc
+        if len(key) != 32:
+            raise VaultUnavailable("VAULT_KEY must decode to 32 bytes (AES-256)")
+        return key
+    if settings.DEBUG:
+        # Demo and development only: derived so the demo's processes agree.
+        return hashlib.sha256(("vault:" + settings.SECRET_KEY).encode()).digest()
+    raise VaultUnavailable("VAULT_KEY is not set in this process")
+
+
+def generate_key() -> str:
+    """A fresh VAULT_KEY value for operators."""
+    return base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=")
+
+
+class Vault:
+    """Encrypts/decrypts; subclasses only move opaque bytes."""
+
+    def __init__(self, key: bytes, ttl_seconds: int):
+        self._aead = AESGCM(key)
+        self.ttl_seconds = min(ttl_seconds, 900)
+
+    def put(self, session_id: str, card: Card) -> None:
+        nonce = os.urandom(NONCE_BYTES)
+        blob = nonce + self._aead.encrypt(nonce, card.to_vault_bytes(), str(session_id).encode())
+        self._store(KEY_PREFIX + str(session_id), blob)
+
+    def take(self, session_id: str) -> Card | None:
+        """The card for this session, removed from the vault; None when absent or expired."""
+        blob = self._pop(KEY_PREFIX + str(session_id))
+        if blob is None:
+            return None
+        return Card.from_vault_bytes(self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], str(session_id).encode()))
+
+    def has_card(self, session_id: str) -> bool:
+        return self._exists(KEY_PREFIX + str(session_id))
+
+    def discard(self, session_id: str) -> None:
+        self._pop(KEY_PREFIX + str(session_id))
+
+    # storage primitives
+    def _store(self, key: str, blob: bytes) -> None:
+        raise NotImplementedError
+
+    def _pop(self, key: str) -> bytes | None:
+        raise NotImplementedError
+
+    def _exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+
+class MemoryVault(Vault):
+    """Demo: the media worker and eager Celery run in the same process."""
+
+    def __init__(self, key: bytes, ttl_seconds: int):
+        super().__init__(key, ttl_seconds)
+        self._items: dict[str, tuple[float, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def _store(self, key: str, blob: bytes) -> None:
+        with self._lock:
+            self._items[key] = (time.monotonic() + self.ttl_seconds, blob)
+
+    def _pop(self, key: str) -> bytes | None:
+        with self._lock:
+            expires, blob = self._items.pop(key, (0.0, None))
+        return blob if blob is not None and expires > time.monotonic() else None
+
+    def _exists(self, key: str) -> bool:
+        with self._lock:
+            item = self._items.get(key)
+        return item is not None and item[0] > time.monotonic()
+
+
+class RedisVault(Vault):
+    def __init__(self, key: bytes, ttl_seconds: int, redis_url: str):
+        super().__init__(key, ttl_seconds)
+        import redis
+
+        self._redis = redis.Redis.from_url(redis_url)
+
+    def _store(self, key: str, blob: bytes) -> None:
+        self._redis.set(key, blob, ex=self.ttl_seconds)
+
+    def _pop(self, key: str) -> bytes | None:
+        return self._redis.getdel(key)
+
+    def _exists(self, key: str) -> bool:
+        return bool(self._redis.exists(key))
+
+
+@lru_cache(maxsize=1)
+def get_vault() -> Vault:
+    key = _load_key()
+    if settings.REDIS_URL:
+        return RedisVault(key, settings.VAULT_TTL_SECONDS, settings.REDIS_URL)
+    return MemoryVault(key, settings.VAULT_TTL_SECONDS)
