@@ -15,9 +15,12 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from securepay.money import amount_from_minor, format_amount
+from securepay.signals import session_transitioned
 from tenants.models import PageTemplate, Tenant, TenantScopedManager
 
 
@@ -158,6 +161,27 @@ class PaymentSession(models.Model):
             if code not in taken:
                 return code
 
+    # --- presentation -------------------------------------------------------------
+    @property
+    def amount(self) -> str | None:
+        """The amount in major units as text, e.g. "12.50" (None before step 1 set it)."""
+        return None if self.amount_minor is None else amount_from_minor(self.amount_minor, self.currency)
+
+    @property
+    def amount_display(self) -> str:
+        """E.g. "12.50 GBP"; empty before step 1 set an amount."""
+        return "" if self.amount_minor is None else format_amount(self.amount_minor, self.currency)
+
+    @property
+    def launch_url(self) -> str:
+        """Absolute address of the agent's live page for this session."""
+        return settings.SITE_URL + reverse("agent-session", args=[self.pk])
+
+    @property
+    def latest_attempt(self) -> PaymentAttempt | None:
+        # Through .all() so a list that prefetched attempts needs no query per session.
+        return max(self.attempts.all(), key=lambda attempt: attempt.number, default=None)
+
     # --- life cycle -------------------------------------------------------------
     @property
     def is_open(self) -> bool:
@@ -179,6 +203,11 @@ class PaymentSession(models.Model):
                 setattr(current, name, value)
             current.save(update_fields=[*changes.keys(), "updated_at"])
             SessionEvent.record(current, actor, "transition", before, to, detail)
+            transaction.on_commit(
+                lambda: session_transitioned.send(
+                    sender=PaymentSession, session=current, from_state=before, to_state=to, actor=actor
+                )
+            )
         self.refresh_from_db()
 
     def open_details(self, actor: str) -> None:
