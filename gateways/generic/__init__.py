@@ -1,0 +1,1 @@
+"""A configurable signed-JSON HTTP connector for any processor."""

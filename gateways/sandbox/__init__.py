@@ -1,0 +1,1 @@
+"""The built-in sandbox gateway: deterministic, in memory, the demo default."""
