@@ -101,7 +101,9 @@ class PaymentSession(models.Model):
     code = models.CharField(max_length=4)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATED)
     secure_state = models.CharField(max_length=16, choices=SecureState.choices, default=SecureState.UNSECURED)
-    break_reason = models.CharField(max_length=16, choices=BreakReason.choices, default=BreakReason.NOT_LINKED, blank=True)
+    break_reason = models.CharField(
+        max_length=16, choices=BreakReason.choices, default=BreakReason.NOT_LINKED, blank=True
+    )
     secured_at = models.DateTimeField(null=True, blank=True)
     # Customer details from step 1 / prefill. Never card data: the card fields
     # are not template fields and cannot be submitted through any form.
@@ -285,11 +287,21 @@ class SessionEvent(models.Model):
     class Meta:
         ordering = ["at", "id"]
 
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor} {self.from_state}->{self.to_state}"
+
     @classmethod
-    def record(cls, session: PaymentSession, actor: str, kind: str, from_state: str, to_state: str, detail: str = "") -> SessionEvent:
+    def record(
+        cls, session: PaymentSession, actor: str, kind: str, from_state: str, to_state: str, detail: str = ""
+    ) -> SessionEvent:
         return cls.objects.create(
-            session=session, tenant_id=session.tenant_id, actor=actor[:150], kind=kind,
-            from_state=from_state, to_state=to_state, detail=detail[:200],
+            session=session,
+            tenant_id=session.tenant_id,
+            actor=actor[:150],
+            kind=kind,
+            from_state=from_state,
+            to_state=to_state,
+            detail=detail[:200],
         )
 
 
@@ -335,6 +347,9 @@ class PaymentAttempt(models.Model):
     class Meta:
         ordering = ["session", "number"]
         constraints = [models.UniqueConstraint(fields=["session", "number"], name="unique_attempt_number")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} of {self.session_id} ({self.status})"
 
     @property
     def idempotency_key(self) -> str:

@@ -68,7 +68,9 @@ class Vault:
         blob = self._pop(KEY_PREFIX + str(session_id))
         if blob is None:
             return None
-        return Card.from_vault_bytes(self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], str(session_id).encode()))
+        return Card.from_vault_bytes(
+            self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], str(session_id).encode())
+        )
 
     def has_card(self, session_id: str) -> bool:
         return self._exists(KEY_PREFIX + str(session_id))

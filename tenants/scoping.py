@@ -41,7 +41,11 @@ def _has_membership(user) -> bool:
 
 
 def scoped(queryset_or_model: type[M] | models.QuerySet, tenant: Tenant | None) -> models.QuerySet:
-    qs = queryset_or_model if isinstance(queryset_or_model, models.QuerySet) else queryset_or_model._default_manager.all()
+    qs = (
+        queryset_or_model
+        if isinstance(queryset_or_model, models.QuerySet)
+        else queryset_or_model._default_manager.all()
+    )
     return qs.for_tenant(tenant) if hasattr(qs, "for_tenant") else qs.filter(tenant=tenant) if tenant else qs.none()
 
 

@@ -53,3 +53,26 @@ def alpha(db) -> TenantWorld:
 @pytest.fixture
 def beta(db) -> TenantWorld:
     return make_tenant_world("beta")
+
+
+@pytest.fixture(autouse=True)
+def _celery_eager_unless_real_worker(request):
+    """Tasks run in-process, except in tests that start a real Celery worker."""
+    from securepay.celery import app
+
+    eager = request.node.get_closest_marker("celery_worker") is None
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = eager
+    yield
+    app.conf.task_always_eager = previous
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Under CI=true nothing may skip: a skipped test turns the run red."""
+    from tests.support import IN_CI
+
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
+    if IN_CI and skipped and session.exitstatus == 0:
+        reporter.write_line(f"CI=true: {skipped} test(s) skipped; a skip is a failure in CI", red=True, bold=True)
+        session.exitstatus = 1

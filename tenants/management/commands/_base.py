@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from django.db import connections
-
 from django.core.management.base import BaseCommand, CommandError, CommandParser, handle_default_options
+from django.db import connections
 
 
 class OperatorCommand(BaseCommand):

@@ -16,5 +16,7 @@ class Command(OperatorCommand):
         if not name.strip():
             raise self.fail("name must not be empty")
         api_key, key = ApiKey.issue(tenant_obj, name.strip())
-        self.stdout.write(f"created API key {api_key.prefix} ({api_key.name}) for {tenant_obj.slug}; it is not shown again:")
+        self.stdout.write(
+            f"created API key {api_key.prefix} ({api_key.name}) for {tenant_obj.slug}; it is not shown again:"
+        )
         self.stdout.write(key)

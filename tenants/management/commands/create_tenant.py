@@ -1,5 +1,5 @@
-from django.core.validators import validate_slug
 from django.core.exceptions import ValidationError
+from django.core.validators import validate_slug
 from django.db import transaction
 
 from tenants.management.commands._base import OperatorCommand

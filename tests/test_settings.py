@@ -1,0 +1,51 @@
+"""Settings: the production profile passes `check --deploy`, and refuses to start unsafe."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def manage(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "REDIS_URL", "DATABASE_URL"}}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def production_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "DEBUG": "0",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "ALLOWED_HOSTS": "pay.example.com",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'prod.sqlite3'}",
+        "REDIS_URL": "redis://127.0.0.1:6379/9",
+    }
+
+
+def test_production_profile_passes_check_deploy_with_no_warnings(tmp_path):
+    result = manage(["check", "--deploy", "--fail-level", "WARNING"], **production_env(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_production_refuses_to_start_without_secret_key(tmp_path):
+    env = production_env(tmp_path)
+    del env["SECRET_KEY"]
+    result = manage(["check"], **env)
+    assert result.returncode != 0 and "SECRET_KEY must be set" in result.stderr
+
+
+def test_demo_profile_needs_no_variables():
+    result = manage(["check"])
+    assert result.returncode == 0, result.stderr
