@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "channels",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Redoc served from our static files: nothing loads from a CDN
     "tenants",
     "securepay",
     "gateways",
@@ -231,6 +232,10 @@ MEDIA_WORKER_MODE = envstr("MEDIA_WORKER_MODE", "inprocess" if DEBUG and not RED
 MEDIA_RTP_HOST = envstr("MEDIA_RTP_HOST", "127.0.0.1")
 MEDIA_RTP_PORT_MIN = envint("MEDIA_RTP_PORT_MIN", 40000)
 MEDIA_RTP_PORT_MAX = envint("MEDIA_RTP_PORT_MAX", 49999)
+# Which worker the control API sends calls to (channel media.worker.<id>), and how
+# long a call may go without RTP before it is torn down and its session unsecured.
+MEDIA_WORKER_ID = envstr("MEDIA_WORKER_ID", "main")
+MEDIA_RTP_TIMEOUT_SECONDS = envint("MEDIA_RTP_TIMEOUT_SECONDS", 30)
 # The keypad simulator stands in for a phone; it is never routed in production.
 KEYPAD_SIMULATOR_ENABLED = envbool("KEYPAD_SIMULATOR_ENABLED", DEBUG)
 
@@ -251,6 +256,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "REDOC_DIST": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
 }
 

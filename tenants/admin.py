@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
-from tenants.models import ApiKey, Membership, PageTemplate, Role, Tenant, TemplateField
+from tenants.models import ApiKey, FieldType, Membership, PageTemplate, PrefillMapping, Role, TemplateField, Tenant
 from tenants.scoping import role_of_user, tenant_of_user
 
 
 def is_tenant_admin(request) -> bool:
     return role_of_user(request.user) == Role.ADMIN
+
+
+def may_administer_tenant(request) -> bool:
+    """Platform superusers, and staff users who are their tenant's admin."""
+    return request.user.is_superuser or (request.user.is_staff and is_tenant_admin(request))
 
 
 class TenantScopedAdmin(admin.ModelAdmin):
@@ -24,23 +31,20 @@ class TenantScopedAdmin(admin.ModelAdmin):
         qs = super().get_queryset(request)
         return qs if request.user.is_superuser else qs.filter(**self._tenant_lookup(request))
 
-    def _allowed(self, request) -> bool:
-        return request.user.is_superuser or (request.user.is_staff and is_tenant_admin(request))
-
     def has_module_permission(self, request):
-        return self._allowed(request)
+        return may_administer_tenant(request)
 
     def has_view_permission(self, request, obj=None):
-        return self._allowed(request)
+        return may_administer_tenant(request)
 
     def has_add_permission(self, request):
-        return self._allowed(request)
+        return may_administer_tenant(request)
 
     def has_change_permission(self, request, obj=None):
-        return self._allowed(request)
+        return may_administer_tenant(request)
 
     def has_delete_permission(self, request, obj=None):
-        return self._allowed(request)
+        return may_administer_tenant(request)
 
     def get_exclude(self, request, obj=None):
         excluded = list(super().get_exclude(request, obj) or [])
@@ -122,12 +126,49 @@ class ApiKeyAdmin(TenantScopedAdmin):
         return fields
 
 
-class TemplateFieldInline(admin.TabularInline):
-    model = TemplateField
+class TenantScopedInline(admin.TabularInline):
+    """Rows that belong to a tenant-scoped parent: the parent's wall already applies,
+    and the permissions mirror the parent's (tenant admins hold no Django model perms)."""
+
     extra = 0
+
+    def has_view_permission(self, request, obj=None):
+        return may_administer_tenant(request)
+
+    def has_add_permission(self, request, obj=None):
+        return may_administer_tenant(request)
+
+    def has_change_permission(self, request, obj=None):
+        return may_administer_tenant(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return may_administer_tenant(request)
+
+
+class TemplateFieldFormSet(forms.BaseInlineFormSet):
+    def clean(self):
+        super().clean()
+        kept = [f for f in self.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
+        money_fields = sum(1 for f in kept if f.cleaned_data.get("field_type") == FieldType.MONEY)
+        if money_fields != 1:
+            raise ValidationError("A template needs exactly one money field: the amount to charge.")
+
+
+class TemplateFieldInline(TenantScopedInline):
+    model = TemplateField
+    formset = TemplateFieldFormSet
+    fields = (
+        "position", "key", "label_en", "label_fr", "field_type", "required",
+        "pattern", "min_value", "max_value", "default", "choices",
+    )
+
+
+class PrefillMappingInline(TenantScopedInline):
+    model = PrefillMapping
+    fields = ("source_name", "field_key", "transform", "input_format")
 
 
 @admin.register(PageTemplate)
 class PageTemplateAdmin(TenantScopedAdmin):
-    list_display = ("slug", "name")
-    inlines = [TemplateFieldInline]
+    list_display = ("slug", "name", "currency", "transaction_type")
+    inlines = [TemplateFieldInline, PrefillMappingInline]

@@ -1,0 +1,1 @@
+"""REST API v1: payment sessions for integrations (CRM, ERP, billing)."""
