@@ -31,7 +31,8 @@ class VaultUnavailable(RuntimeError):
     """No key or no store: the card cannot be kept, so nothing is accepted (fail closed)."""
 
 
-def _load_key() -> bytes:
+def _load_key() -> bytes | None:
+    """The AES key, or None in a process that must not read the vault (the web tier)."""
     if settings.VAULT_KEY:
         try:
             key = base64.urlsafe_b64decode(settings.VAULT_KEY + "=" * (-len(settings.VAULT_KEY) % 4))
@@ -43,7 +44,7 @@ def _load_key() -> bytes:
     if settings.DEBUG:
         # Demo and development only: derived so the demo's processes agree.
         return hashlib.sha256(("vault:" + settings.SECRET_KEY).encode()).digest()
-    raise VaultUnavailable("VAULT_KEY is not set in this process")
+    return None
 
 
 def generate_key() -> str:
@@ -52,11 +53,21 @@ def generate_key() -> str:
 
 
 class Vault:
-    """Encrypts/decrypts; subclasses only move opaque bytes."""
+    """Encrypts/decrypts; subclasses only move opaque bytes.
 
-    def __init__(self, key: bytes, ttl_seconds: int):
-        self._aead = AESGCM(key)
+    Without a key (the web tier) the vault can still tell whether a card is
+    waiting and discard it, but never store or read one.
+    """
+
+    def __init__(self, key: bytes | None, ttl_seconds: int):
+        self._key = key
         self.ttl_seconds = min(ttl_seconds, 900)
+
+    @property
+    def _aead(self) -> AESGCM:
+        if self._key is None:
+            raise VaultUnavailable("VAULT_KEY is not set in this process: it cannot store or read cards")
+        return AESGCM(self._key)
 
     def put(self, session_id: str, card: Card) -> None:
         nonce = os.urandom(NONCE_BYTES)
@@ -65,11 +76,12 @@ class Vault:
 
     def take(self, session_id: str) -> Card | None:
         """The card for this session, removed from the vault; None when absent or expired."""
+        aead = self._aead  # a process without the key must not even consume the card
         blob = self._pop(KEY_PREFIX + str(session_id))
         if blob is None:
             return None
         return Card.from_vault_bytes(
-            self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], str(session_id).encode())
+            aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], str(session_id).encode())
         )
 
     def has_card(self, session_id: str) -> bool:
@@ -92,7 +104,7 @@ class Vault:
 class MemoryVault(Vault):
     """Demo: the media worker and eager Celery run in the same process."""
 
-    def __init__(self, key: bytes, ttl_seconds: int):
+    def __init__(self, key: bytes | None, ttl_seconds: int):
         super().__init__(key, ttl_seconds)
         self._items: dict[str, tuple[float, bytes]] = {}
         self._lock = threading.Lock()
@@ -113,7 +125,7 @@ class MemoryVault(Vault):
 
 
 class RedisVault(Vault):
-    def __init__(self, key: bytes, ttl_seconds: int, redis_url: str):
+    def __init__(self, key: bytes | None, ttl_seconds: int, redis_url: str):
         super().__init__(key, ttl_seconds)
         import redis
 

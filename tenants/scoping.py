@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.http import Http404
 
@@ -53,5 +54,6 @@ def get_for_tenant(queryset_or_model: type[M] | models.QuerySet, tenant: Tenant 
     """The object of this tenant matching `lookup`, or Http404."""
     try:
         return scoped(queryset_or_model, tenant).get(**lookup)
-    except (models.ObjectDoesNotExist, ValueError, TypeError) as exc:
+    except (models.ObjectDoesNotExist, ValidationError, ValueError, TypeError) as exc:
+        # A malformed id is as unknown as another tenant's: 404 either way.
         raise Http404("No such object") from exc

@@ -129,3 +129,19 @@ def test_redis_vault_encrypts_with_ttl_and_session_binding():
     with pytest.raises(Exception):  # noqa: B017 - cryptography's InvalidTag
         vault.take("s-4")
     vault.discard("s-3")
+
+
+def test_keyless_vault_sees_and_discards_but_cannot_read_or_store():
+    from securepay.vault import VaultUnavailable
+
+    keyed, keyless = MemoryVault(b"k" * 32, 60), MemoryVault(None, 60)
+    keyed.put("s", Card(PAN, "1230", "123"))
+    keyless._items = keyed._items  # the same store, as Redis is for every process
+    assert keyless.has_card("s")
+    with pytest.raises(VaultUnavailable):
+        keyless.take("s")
+    assert keyed.has_card("s")  # the failed read did not consume the card
+    with pytest.raises(VaultUnavailable):
+        keyless.put("t", Card(PAN, "1230", "123"))
+    keyless.discard("s")
+    assert not keyed.has_card("s")

@@ -17,6 +17,7 @@ NO_TENANT_OBJECTS = {
     "logout": "ends the caller's own session",
     "set_language": "stores a language choice in the caller's own session",
     "healthz": "reports process health only",
+    "keepalive": "refreshes the caller's own idle timer",
     "api-schema": "the public OpenAPI description",
     "api-docs": "renders the public OpenAPI description",
     "home": "greets the logged-in user; lists nothing tenant-owned",

@@ -119,3 +119,25 @@ def test_api_key_records_last_use(alpha):
     ApiKey.authenticate(alpha.api_key_plain)
     alpha.api_key.refresh_from_db()
     assert alpha.api_key.last_used_at is not None
+
+
+@override_settings(AGENT_IDLE_TIMEOUT_SECONDS=60)
+def test_live_page_keepalive_refreshes_the_idle_timer(alpha):
+    client = alpha.client_for("agent")
+    assert client.get(reverse("keepalive")).status_code == 204
+    session = client.session
+    session[IdleSessionMiddleware.SESSION_KEY] = time.time() - 50
+    session.save()
+    assert client.get(reverse("keepalive")).status_code == 204
+    assert time.time() - client.session[IdleSessionMiddleware.SESSION_KEY] < 5
+    session = client.session
+    session[IdleSessionMiddleware.SESSION_KEY] = time.time() - 120
+    session.save()
+    assert client.get(reverse("keepalive")).status_code == 302  # too late: logged out
+
+
+def test_home_links_follow_the_role(alpha):
+    agent_page = alpha.client_for("agent").get(reverse("home")).content.decode()
+    supervisor_page = alpha.client_for("supervisor").get(reverse("home")).content.decode()
+    assert reverse("agent-home") in agent_page and reverse("agent-live") not in agent_page
+    assert reverse("agent-live") in supervisor_page and f'href="{reverse("agent-home")}"' not in supervisor_page

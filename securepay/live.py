@@ -1,0 +1,225 @@
+"""Live session state over the channel layer, and the in-process media hub.
+
+The protocol (the real media worker speaks the same one):
+
+- group ``session.<uuid>`` -- everything an agent page of that session shows:
+  ``{"type": "card.state", ...}`` (masked card entry, from the media worker's
+  `media.capture.CardCapture`) and ``{"type": "session.state", ...}``
+  (status, secure state, amount, result; from the web tier, the gateway task
+  and the media worker). Both carry the whole state and a ``seq``; pages drop
+  a message whose ``seq`` is lower than the last one they applied.
+- group ``media.sessions`` -- commands to media workers:
+  ``{"type": "media.command", "session": "<uuid>", "command": C, ...}`` with
+  C one of ``activate``/``reset`` (+ ``"field"``), ``clear`` (Back: drop the
+  keyed card), ``end`` (session over: forget it, discard the vault copy) and
+  ``snapshot`` (+ ``"reply_to"``: a channel name to send the current
+  ``card.state`` to). Commands never carry digits. A worker ignores commands
+  for sessions whose call it does not hold.
+
+`MediaHub` is the media worker of the demo profile (MEDIA_WORKER_MODE=
+inprocess): it runs inside the Daphne process and is fed key presses by the
+keypad simulator instead of call audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.db import transaction
+from django.dispatch import receiver
+
+from media.capture import FIELDS, CardCapture
+from securepay.models import PaymentAttempt, PaymentSession, Status
+from securepay.signals import session_transitioned
+from securepay.vault import get_vault
+
+logger = logging.getLogger(__name__)
+
+MEDIA_GROUP = "media.sessions"
+MEDIA_COMMAND = "media.command"
+MEDIA_ACTOR = "media-worker"
+# What an agent page may ask for; `clear` and `end` come from the web tier's views.
+AGENT_COMMANDS = frozenset({"activate", "reset"})
+RESULT_STATUSES = (Status.APPROVED, Status.DECLINED, Status.ERROR)
+
+
+def session_group(session_id) -> str:
+    return f"session.{session_id}"
+
+
+# --- session state -----------------------------------------------------------------
+def session_state(session: PaymentSession) -> dict:
+    """The session as an agent page shows it. No card data: the result holds
+    brand and last four only when approved (what PCI DSS allows after authorisation)."""
+    # Every state change writes a SessionEvent under the session's row lock,
+    # so the newest event id orders states across processes.
+    last_event_id = session.events.order_by("-id").values_list("id", flat=True).first()
+    attempt = session.latest_attempt if session.status in RESULT_STATUSES else None
+    return {
+        "type": "session.state",
+        "session": str(session.id),
+        "seq": last_event_id or 0,
+        "status": session.status,
+        "secure_state": session.secure_state,
+        "break_reason": session.break_reason,
+        "code": session.code,
+        "amount": session.amount_display,
+        "result": attempt_result(attempt) if attempt else None,
+    }
+
+
+def attempt_result(attempt: PaymentAttempt) -> dict:
+    if attempt.status == "approved":
+        return {
+            "outcome": "approved",
+            "brand": attempt.brand,
+            "last4": attempt.last4,
+            "gateway_reference": attempt.gateway_reference,
+        }
+    return {"outcome": attempt.status, "reason_code": attempt.reason_code, "message": attempt.message}
+
+
+def broadcast_session_state(session: PaymentSession) -> None:
+    """Send the session's state to its pages once the current transaction commits."""
+    session_id = session.pk
+
+    def send() -> None:
+        fresh = PaymentSession.objects.get(pk=session_id)
+        async_to_sync(get_channel_layer().group_send)(session_group(session_id), session_state(fresh))
+
+    transaction.on_commit(send)
+
+
+@receiver(session_transitioned, dispatch_uid="securepay.live.on_session_transitioned")
+def on_session_transitioned(sender, session: PaymentSession, from_state: str, to_state: str, **kwargs) -> None:
+    """Whoever moved the session (agent page, API, gateway task), its pages and its media worker hear of it."""
+    broadcast_session_state(session)
+    if to_state == Status.ENDED:
+        send_media_command(session.pk, "end")
+    elif to_state == Status.CARD_ENTRY and from_state in (Status.DECLINED, Status.ERROR):
+        # A retry after a decline starts from an empty card (DESIGN: Back).
+        send_media_command(session.pk, "clear")
+
+
+def media_command(session_id, command: str, **fields) -> dict:
+    return {"type": MEDIA_COMMAND, "session": str(session_id), "command": command, **fields}
+
+
+def send_media_command(session_id, command: str, **fields) -> None:
+    """From sync code (views): tell whichever media worker holds the call."""
+    async_to_sync(get_channel_layer().group_send)(MEDIA_GROUP, media_command(session_id, command, **fields))
+
+
+# --- the in-process media worker -------------------------------------------------------
+class MediaHub:
+    """Card captures of the calls this process holds, and their wiring.
+
+    `link`, `break_link` and `press_key` are what telephony drives (the keypad
+    simulator in the demo); `handle_command` is what agent pages drive through
+    `media.sessions`. All of them are synchronous and run in Django's sync
+    thread (they touch the database and the vault); publishing hops to the
+    event loop through async_to_sync, one message at a time, in order.
+    """
+
+    def __init__(self) -> None:
+        self._captures: dict[str, CardCapture] = {}
+        self._lock = threading.RLock()
+        self._listener: asyncio.Task | None = None
+        self._listening: asyncio.Event | None = None
+
+    # --- telephony side -------------------------------------------------------------
+    def link(self, session_id) -> None:
+        """A call was linked to the session: secure it, then accept digits."""
+        session = PaymentSession.objects.select_related("template").get(pk=session_id)
+        session.mark_secured(MEDIA_ACTOR)
+        with self._lock:
+            self._capture_for(session).set_secured(True)
+        broadcast_session_state(session)
+
+    def break_link(self, session_id, reason: str) -> None:
+        """Hold, hang-up, ...: refuse digits first (fail closed), then record why."""
+        with self._lock:
+            capture = self._captures.get(str(session_id))
+            if capture is not None:
+                capture.set_secured(False)
+        session = PaymentSession.objects.get(pk=session_id)
+        session.mark_unsecured(reason, MEDIA_ACTOR)
+        broadcast_session_state(session)
+
+    def press_key(self, session_id, digit: str) -> bool:
+        """One key from the caller's keypad; False when no call of this process is linked to the session."""
+        with self._lock:
+            capture = self._captures.get(str(session_id))
+            if capture is None:
+                return False
+            capture.key(digit)
+            return True
+
+    def is_linked(self, session_id) -> bool:
+        with self._lock:
+            return str(session_id) in self._captures
+
+    # --- agent side -------------------------------------------------------------------
+    def handle_command(self, message: dict) -> None:
+        session_id, command = message.get("session", ""), message.get("command")
+        with self._lock:
+            capture = self._captures.get(session_id)
+            if capture is None:
+                return  # not a call this worker holds
+            if command == "snapshot":
+                async_to_sync(get_channel_layer().send)(message["reply_to"], capture.state())
+            elif command in AGENT_COMMANDS and message.get("field") in FIELDS:
+                getattr(capture, command)(message["field"])
+            elif command == "clear":
+                capture.clear_card()
+            elif command == "end":
+                del self._captures[session_id]
+                get_vault().discard(session_id)
+            else:
+                logger.warning("media hub: ignored command %r", command)
+
+    async def ensure_listening(self) -> None:
+        """Subscribe this process to `media.sessions` (once per event loop)."""
+        loop = asyncio.get_running_loop()
+        if self._listener is None or self._listener.done() or self._listener.get_loop() is not loop:
+            self._listening = asyncio.Event()
+            self._listener = loop.create_task(self._listen(self._listening))
+        await self._listening.wait()
+
+    async def _listen(self, listening: asyncio.Event) -> None:
+        layer = get_channel_layer()
+        channel = await layer.new_channel("media.hub.")
+        await layer.group_add(MEDIA_GROUP, channel)
+        listening.set()
+        try:
+            while True:
+                message = await layer.receive(channel)
+                try:
+                    await database_sync_to_async(self.handle_command)(message)
+                except Exception:  # one bad command must not stop the worker; commands hold no card data
+                    logger.exception("media hub: command %r failed", message.get("command"))
+        finally:
+            await layer.group_discard(MEDIA_GROUP, channel)
+
+    # --- internals ----------------------------------------------------------------------
+    def _capture_for(self, session: PaymentSession) -> CardCapture:
+        key = str(session.pk)
+        if key not in self._captures:
+            vault = get_vault()
+            self._captures[key] = CardCapture(
+                key,
+                accepted_brands=session.template.accepted_brand_set,
+                cvv_required=session.template.cvv_required,
+                publish=lambda state: async_to_sync(get_channel_layer().group_send)(session_group(key), state),
+                store_card=lambda card: vault.put(key, card),
+                discard_card=lambda: vault.discard(key),
+            )
+        return self._captures[key]
+
+
+hub = MediaHub()

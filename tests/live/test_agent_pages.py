@@ -1,0 +1,184 @@
+"""The agent's pages over HTTP: start page, steps 1 and 2, process, back, end, live list."""
+
+from __future__ import annotations
+
+import io
+
+from django.core.management import call_command
+from django.urls import reverse
+
+from securepay.live import hub
+from securepay.models import PaymentSession, Status
+from tenants.models import PageTemplate
+from tests.live.conftest import FUTURE_EXPIRY, VISA_OK, key_card, open_session, session_in_card_entry
+from tests.walls import wall_test
+
+DECLINING = "4000000000000002"
+
+
+def session_url(name: str, session: PaymentSession) -> str:
+    return reverse(name, args=[session.pk])
+
+
+def secured_with_card(world, pan: str = VISA_OK) -> PaymentSession:
+    session = session_in_card_entry(world)
+    hub.link(session.pk)
+    key_card(session.pk, pan + FUTURE_EXPIRY + "123")
+    return session
+
+
+@wall_test("agent-home")
+def test_start_page_creates_sessions_from_own_templates_only(alpha, beta):
+    client = alpha.client_for("agent")
+    template = PageTemplate.objects.get(tenant=alpha.tenant, slug="default")
+    response = client.post(reverse("agent-home"), {"template": template.pk})
+    session = PaymentSession.objects.get(tenant=alpha.tenant)
+    assert response.status_code == 302 and response.url == session_url("agent-session", session)
+    assert session.agent == alpha.agent and session.status == Status.CREATED
+    assert session.code in client.get(reverse("agent-home")).content.decode()
+
+    beta_client = beta.client_for("agent")
+    response = beta_client.post(reverse("agent-home"), {"template": template.pk})
+    assert response.status_code == 200 and response.context["form"].errors
+    assert not PaymentSession.objects.filter(tenant=beta.tenant).exists()
+    assert session.code not in beta_client.get(reverse("agent-home")).content.decode()
+    assert alpha.client_for("supervisor").get(reverse("agent-home")).status_code == 403
+
+
+@wall_test("agent-session")
+def test_session_page_opens_step_one_and_is_walled(alpha, beta):
+    session = open_session(alpha)
+    response = alpha.client_for("agent").get(session_url("agent-session", session))
+    assert response.status_code == 200
+    session.refresh_from_db()
+    assert session.status == Status.DETAILS
+    html = response.content.decode()
+    assert 'data-secure="unsecured"' in html and session.code in html
+    assert html.count('class="required"') >= 3  # amount, first and last name
+    assert beta.client_for("agent").get(session_url("agent-session", session)).status_code == 404
+    assert beta.client_for("admin").get(session_url("agent-session", session)).status_code == 404
+
+
+@wall_test("agent-session-details")
+def test_next_validates_details_then_opens_card_entry(alpha, beta):
+    session = open_session(alpha)
+    client = alpha.client_for("agent")
+    client.get(session_url("agent-session", session))
+    url = session_url("agent-session-details", session)
+    assert beta.client_for("agent").post(url, {"amount": "1", "first_name": "A", "last_name": "B"}).status_code == 404
+
+    response = client.post(url, {"amount": "-3", "first_name": ""})
+    assert response.status_code == 200
+    assert {"amount", "first_name", "last_name"} <= set(response.context["details_form"].errors)
+    response = client.post(url, {"amount": "12.50", "first_name": "Ada", "last_name": "Lovelace"})
+    assert response.status_code == 302
+    session.refresh_from_db()
+    assert session.status == Status.CARD_ENTRY and session.amount_minor == 1250
+    assert session.details["first_name"] == "Ada"
+    page = client.get(session_url("agent-session", session)).content.decode()
+    assert 'id="step-card"' in page and "12.50 GBP" in page
+
+
+@wall_test("agent-session-process")
+def test_process_needs_a_secured_call_and_a_card(alpha, beta, django_capture_on_commit_callbacks):
+    session = session_in_card_entry(alpha)
+    client = alpha.client_for("agent")
+    url = session_url("agent-session-process", session)
+    response = client.post(url, follow=True)
+    assert "not secured" in response.content.decode()
+    hub.link(session.pk)
+    response = client.post(url, follow=True)
+    assert "No complete card" in response.content.decode()
+    key_card(session.pk, VISA_OK + FUTURE_EXPIRY + "123")
+    assert beta.client_for("agent").post(url).status_code == 404
+    session.refresh_from_db()
+    assert session.status == Status.CARD_ENTRY and not session.attempts.exists()
+
+    with django_capture_on_commit_callbacks(execute=True):  # the charge task is enqueued on commit
+        assert client.post(url).status_code == 302
+    session.refresh_from_db()
+    attempt = session.attempts.get()
+    assert session.status == Status.APPROVED
+    assert (attempt.number, attempt.status, attempt.last4, attempt.brand) == (1, "approved", "4242", "visa")
+
+
+@wall_test("agent-session-back")
+def test_decline_then_back_clears_the_card_and_a_retry_is_approved(alpha, beta, django_capture_on_commit_callbacks):
+    session = secured_with_card(alpha, DECLINING)
+    client = alpha.client_for("agent")
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(session_url("agent-session-process", session))
+    session.refresh_from_db()
+    assert session.status == Status.DECLINED
+    back = session_url("agent-session-back", session)
+    assert beta.client_for("agent").post(back).status_code == 404
+
+    hub.handle_command({})  # unknown session: ignored
+    client.post(back)
+    session.refresh_from_db()
+    assert session.status == Status.CARD_ENTRY
+    # The view's "clear" reaches the hub through the channel layer; apply it as the listener would.
+    hub.handle_command({"session": str(session.pk), "command": "clear"})
+    state = hub._captures[str(session.pk)].state()
+    assert all(field["length"] == 0 for field in state["fields"].values())
+
+    key_card(session.pk, VISA_OK + FUTURE_EXPIRY + "123")
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(session_url("agent-session-process", session))
+    session.refresh_from_db()
+    assert session.status == Status.APPROVED
+    assert list(session.attempts.values_list("number", "status")) == [(1, "declined"), (2, "approved")]
+
+
+def test_back_during_card_entry_returns_to_details(alpha):
+    session = session_in_card_entry(alpha)
+    alpha.client_for("agent").post(session_url("agent-session-back", session))
+    session.refresh_from_db()
+    assert session.status == Status.DETAILS
+
+
+@wall_test("agent-session-end")
+def test_end_closes_the_session_and_returns_to_the_start_page(alpha, beta):
+    session = secured_with_card(alpha)
+    url = session_url("agent-session-end", session)
+    assert beta.client_for("agent").post(url).status_code == 404
+    response = alpha.client_for("agent").post(url)
+    assert response.status_code == 302 and response.url == reverse("agent-home")
+    session.refresh_from_db()
+    assert session.status == Status.ENDED and not session.is_secured
+    hub.handle_command({"session": str(session.pk), "command": "end"})
+    assert not hub.is_linked(session.pk)
+    assert alpha.client_for("agent").get(session_url("agent-session", session)).status_code == 302
+
+
+def test_no_card_digit_is_stored_or_rendered_after_a_payment(alpha, django_capture_on_commit_callbacks):
+    session = secured_with_card(alpha)
+    client = alpha.client_for("agent")
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(session_url("agent-session-process", session))
+    assert PaymentSession.objects.get(pk=session.pk).status == Status.APPROVED
+    page = client.get(session_url("agent-session", session)).content.decode()
+    dump = io.StringIO()
+    call_command("dumpdata", stdout=dump)
+    for text in (page, dump.getvalue()):
+        assert VISA_OK not in text and VISA_OK[:6] not in text and FUTURE_EXPIRY not in text
+
+
+@wall_test("agent-live")
+def test_live_list_shows_the_tenants_open_sessions_to_supervisors(alpha, beta):
+    session = session_in_card_entry(alpha)
+    page = alpha.client_for("supervisor").get(reverse("agent-live")).content.decode()
+    assert session.code in page and "12.50 GBP" in page
+    beta_page = beta.client_for("supervisor").get(reverse("agent-live"))
+    assert beta_page.status_code == 200 and str(session.pk) not in beta_page.content.decode()
+    assert alpha.client_for("agent").get(reverse("agent-live")).status_code == 403
+
+
+def test_the_tenants_language_is_the_default_until_the_user_picks_one(alpha):
+    alpha.tenant.default_locale = "fr"
+    alpha.tenant.save()
+    session = open_session(alpha)
+    client = alpha.client_for("agent")
+    assert "Suivant" in client.get(session_url("agent-session", session)).content.decode()
+    client.cookies["django_language"] = "en"
+    assert "Next" in client.get(session_url("agent-session", session)).content.decode()
