@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -258,3 +259,257 @@ def processor() -> Iterator[tuple[str, Processor]]:
     yield base_url, state
     server.shutdown()
     server.server_close()
+
+
+# --- payment sessions: from customer details to Process payment ------------------------
+CALLER = {"first_name": "Ada", "last_name": "Lovelace", "email": "ada@example.com", "address": "1 Analytical Way",
+          "postcode": "AB1 2CD"}
+FUTURE_EXPIRY = "1239"  # MMYY, December 2039
+
+
+def open_card_entry(world, *, amount_minor: int = 1250, callback_url: str = "", reference: str = "INV-1"):
+    """A secured session of `world`'s tenant waiting for the caller's card."""
+    from securepay.models import PaymentSession
+
+    session = PaymentSession.open_for(tenant=world.tenant, template=world.tenant.page_templates.get(slug="default"),
+                                      actor="test", reference=reference, callback_url=callback_url)
+    session.open_details("test")
+    session.start_card_entry("test", details=CALLER, amount_minor=amount_minor)
+    session.mark_secured("media-worker")
+    return session
+
+
+def key_card(session, pan: str, cvv: str = "123", expiry: str = FUTURE_EXPIRY) -> None:
+    """What the media worker does when the caller finished keying."""
+    from securepay.card import Card
+    from securepay.vault import get_vault
+
+    get_vault().put(str(session.pk), Card(pan, expiry, cvv))
+
+
+def press_process_payment(session):
+    """The agent's Process payment (the live page's service): returns the attempt."""
+    from securepay.payment import request_payment
+
+    return request_payment(session, "user:agent")
+
+
+@pytest.fixture(autouse=True)
+def _payment_settings(settings) -> Iterator[None]:
+    """Keys a payment needs (tests run with DEBUG off, so nothing is derived), an
+    in-memory channel layer, a fresh sandbox ledger."""
+    from gateways import config
+    from gateways.sandbox import adapter as sandbox
+    from securepay.vault import generate_key, get_vault
+
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.VAULT_KEY = generate_key()
+    settings.GATEWAY_CREDENTIALS_KEY = config.generate_credentials_key()
+    get_vault.cache_clear()
+    config._cipher.cache_clear()
+    sandbox.clear()
+    yield
+    sandbox.clear()
+    get_vault.cache_clear()
+    config._cipher.cache_clear()
+
+
+@pytest.fixture
+def fast_retries(settings) -> None:
+    """Gateway and webhook retries without waiting (the eager tests)."""
+    settings.GATEWAY_RETRY_DELAYS = (0, 0)
+    settings.GATEWAY_RECONCILE_RETRY_SECONDS = 0
+    settings.WEBHOOK_RETRY_BASE_SECONDS = 0
+
+
+# --- a webhook receiver that checks what WEBHOOKS.md tells integrators to check ---------
+def documented_verifier() -> Callable[..., bool]:
+    """The Python snippet of gateways/WEBHOOKS.md, run as written."""
+    text = (Path(__file__).parents[2] / "gateways" / "WEBHOOKS.md").read_text()
+    snippet = text.split("```python", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(snippet, "WEBHOOKS.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    return namespace["verify_securepay_signature"]
+
+
+class WebhookInbox:
+    """What the receiver got: every request, verified or not."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.received: list[dict[str, Any]] = []
+        self.failures_to_fake = 0  # answer 500 to this many requests first
+        self.seen_ids: set[str] = set()
+
+    def accepted(self) -> list[dict[str, Any]]:
+        return [r for r in self.received if r["answered"] == 200]
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while len(self.accepted()) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.accepted()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[Callable[[str], tuple[str, WebhookInbox]]]:
+    """Starts receivers: `webhook_receiver(secret)` -> (URL, inbox)."""
+    verify = documented_verifier()
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(secret: str) -> tuple[str, WebhookInbox]:
+        inbox = WebhookInbox(secret)
+
+        class Receiver(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                valid = verify(self.headers.get("SecurePay-Signature", ""), body, inbox.secret)
+                event = json.loads(body)
+                replay = event["id"] in inbox.seen_ids
+                if not valid:
+                    answer = 400
+                elif inbox.failures_to_fake > 0:
+                    inbox.failures_to_fake -= 1
+                    answer = 500
+                else:
+                    answer = 200
+                    inbox.seen_ids.add(event["id"])
+                inbox.received.append({"body": body, "json": event, "valid": valid, "replay": replay,
+                                       "headers": dict(self.headers), "answered": answer})
+                self.send_response(answer)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server, url = serve_in_thread(Receiver)
+        servers.append(server)
+        return url + "/hook", inbox
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+# --- a real Celery worker process -----------------------------------------------------------
+WORKER_BROKER_DB = 11  # a Redis database of their own for these tests' Celery queues
+WORKER_REDIS_DB = 12  # vault and channel layer shared by the test and its worker
+# Seconds after which Redis hands a dead worker's unacknowledged task to another worker.
+# kombu looks for such tasks when a worker starts, then only every ~100 s: a test
+# restarting a worker waits this long after the delivery first.
+WORKER_VISIBILITY_TIMEOUT = 2
+
+
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen, log_path: Path) -> None:
+        self.process, self.log_path = process, log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while " ready." not in self.log():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Celery worker did not start:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def worker_env(transactional_db, settings) -> Iterator[dict[str, str]]:
+    """Environment of a worker that sees this test's committed rows, vault and keys.
+
+    Needs PostgreSQL (a worker process cannot share pytest-django's in-memory
+    SQLite test database) and Redis. The test process publishes to the same
+    dedicated broker database; restored afterwards."""
+    from django.db import connection
+
+    from securepay.celery import app
+    from securepay.vault import get_vault
+    from tests.support import require_tcp
+
+    if connection.vendor != "postgresql":
+        missing("a real Celery worker needs DATABASE_URL=postgres://... (the SQLite test database is in memory)")
+    require_tcp("127.0.0.1", 6379, "Redis")
+    db = connection.settings_dict
+    redis_url = f"redis://127.0.0.1:6379/{WORKER_REDIS_DB}"
+    broker_url = f"redis://127.0.0.1:6379/{WORKER_BROKER_DB}"
+    settings.REDIS_URL = redis_url
+    get_vault.cache_clear()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": broker_url,
+        "CELERY_TASK_ALWAYS_EAGER": "0",
+        "CELERY_VISIBILITY_TIMEOUT": str(WORKER_VISIBILITY_TIMEOUT),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "VAULT_KEY": settings.VAULT_KEY,
+        "GATEWAY_CREDENTIALS_KEY": settings.GATEWAY_CREDENTIALS_KEY,
+        "GATEWAY_RETRY_DELAYS": "0.1,0.2",
+        "GATEWAY_RECONCILE_RETRY_SECONDS": "1",
+        "WEBHOOK_RETRY_BASE_SECONDS": "0.2",
+        "DEBUG": "0",
+        "ALLOWED_HOSTS": "127.0.0.1",
+    }
+    env.pop(CRASH_ENV, None)
+    _use_broker(app, broker_url)
+    yield env
+    _use_broker(app, settings.CELERY_BROKER_URL)
+    get_vault.cache_clear()
+
+
+CRASH_ENV = "SECUREPAY_TEST_CRASH_AFTER_GATEWAY_CALL"
+
+
+def _use_broker(app, url: str) -> None:
+    """Point this process's Celery producer at `url` (its pools are built lazily from broker_url)."""
+    import redis
+
+    app.conf.broker_url = url
+    app._pool = None
+    app.amqp._producer_pool = None
+    if url.startswith("redis://"):
+        redis.Redis.from_url(url).flushdb()  # no task of an earlier run may reach this worker
+
+
+@pytest.fixture
+def start_worker(worker_env, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
+    """`start_worker(**extra_env)` runs `celery worker -P solo` until the test ends."""
+    started: list[WorkerProcess] = []
+    root = Path(__file__).parents[2]
+
+    def start(**extra_env: str) -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        command = [str(root / ".venv" / "bin" / "celery"), "-A", "securepay", "worker", "-P", "solo", "-c", "1",
+                   "--without-heartbeat", "--without-mingle", "--without-gossip", "-l", "info"]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(command, cwd=root, env={**worker_env, **extra_env}, stdout=log,
+                                       stderr=subprocess.STDOUT)
+        worker = WorkerProcess(process, log_path)
+        started.append(worker)
+        worker.wait_ready()
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
