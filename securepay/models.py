@@ -354,3 +354,7 @@ class PaymentAttempt(models.Model):
     @property
     def idempotency_key(self) -> str:
         return f"securepay-{self.id}"
+
+
+# Calls live in their own module (the media side of a session); imported here so Django registers the model.
+from securepay.calls import Call  # noqa: E402, F401

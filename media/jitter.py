@@ -1,0 +1,68 @@
+"""A small reorder buffer for one inbound RTP stream.
+
+Packets come out in sequence order. A missing packet is waited for while at
+most `depth` later packets are queued (at 20 ms packets, depth 2 tolerates
+40 ms of reordering - inside the masker's own hold-back, so reordering adds no
+delay in the common case); then it is declared lost and the stream moves on.
+Duplicates and packets older than what was already released are dropped and
+counted. Sequence numbers wrap at 2**16.
+"""
+
+from __future__ import annotations
+
+from media.rtp import RtpPacket
+
+SEQ_MOD = 1 << 16
+
+
+def seq_delta(a: int, b: int) -> int:
+    """b - a in sequence space, in [-32768, 32767]."""
+    return (b - a + SEQ_MOD // 2) % SEQ_MOD - SEQ_MOD // 2
+
+
+class ReorderBuffer:
+    def __init__(self, depth: int = 2) -> None:
+        self.depth = depth
+        self._expected: int | None = None
+        self._held: dict[int, RtpPacket] = {}
+        self.late = 0  # duplicates or packets older than the released position
+        self.lost = 0  # sequence numbers given up on
+
+    def push(self, packet: RtpPacket) -> list[RtpPacket]:
+        """Add one packet; return the packets now due, in order."""
+        if self._expected is None:
+            self._expected = packet.sequence
+        ahead = seq_delta(self._expected, packet.sequence)
+        if ahead < 0 or packet.sequence in self._held:
+            self.late += 1
+            return []
+        if ahead > SEQ_MOD // 4:
+            # A jump this large is a restarted sender, not reordering: resync.
+            self._held.clear()
+            self._expected = packet.sequence
+        self._held[packet.sequence] = packet
+        released = self._release_in_order()
+        while len(self._held) > self.depth:
+            # Give up on the gap: skip to the oldest held packet.
+            oldest = min(self._held, key=lambda seq: seq_delta(self._expected, seq))
+            self.lost += seq_delta(self._expected, oldest)
+            self._expected = oldest
+            released += self._release_in_order()
+        return released
+
+    def flush(self) -> list[RtpPacket]:
+        """Release everything held, in order (end of stream)."""
+        out = []
+        while self._held:
+            oldest = min(self._held, key=lambda seq: seq_delta(self._expected, seq))
+            self.lost += seq_delta(self._expected, oldest)
+            self._expected = oldest
+            out += self._release_in_order()
+        return out
+
+    def _release_in_order(self) -> list[RtpPacket]:
+        out = []
+        while self._expected in self._held:
+            out.append(self._held.pop(self._expected))
+            self._expected = (self._expected + 1) % SEQ_MOD
+        return out

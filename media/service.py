@@ -1,0 +1,333 @@
+"""The media worker service: calls from the control API, secure state, card digits.
+
+How the web tier talks to a worker
+----------------------------------
+The control API (`securepay.calls_api`, in Daphne) writes the `securepay.calls.Call`
+row first - with the UDP ports it allocated from the worker's range, so it can
+answer the integration at once - and then sends one channel-layer message to the
+worker's own group ``media.worker.<MEDIA_WORKER_ID>`` (a group, not a named channel:
+the worker is subscribed before it reports ready, so no message falls in between):
+
+* ``{"type": "call.start", "call": id}`` - bind the ports of the row, relay;
+* ``{"type": "call.link", "call": id, "session": sid}`` - the API checked the code;
+* ``{"type": "call.event", "call": id, "event": E, "supervisor": name|None}``,
+  E one of hold, unhold, switch_line, monitor_stop, barge, hangup;
+* ``{"type": "call.supervisor", "call": id, "name": n, "mode": m|None}`` - add
+  or change (mode) or remove (mode None) a supervisor leg; its port is in the row.
+
+Messages carry no digits. The worker owns everything that happens on the
+call: it marks the linked session secured/unsecured and feeds the caller's key
+presses to the session's card capture through the same `securepay.live.hub`
+the keypad simulator drives (one way to do each thing), so agent pages behave
+the same with real calls and with the simulator.
+
+Secure state: a `link` (API, or the agent keying the session's code on their
+own phone) secures; hold, switch_line, monitor_stop, barge and hangup unsecure
+with that reason; `unhold` re-secures a call that was linked; no RTP for
+MEDIA_RTP_TIMEOUT_SECONDS tears the call down (`link_lost`); a worker that
+starts ends the calls a previous run left live and unsecures their open
+sessions (`link_lost`) - never silently secure. Masking of the caller's key
+tones never depends on any of this: every call is masked, always.
+
+In the demo (MEDIA_WORKER_MODE=inprocess) the worker runs as a task on the
+Daphne event loop, started by the first call the API creates (`ensure_inprocess`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from media import calls as media_calls
+from media.capture import CLEAR_KEY, DIGITS, END_KEY
+from media.relay import Relay
+from securepay.calls import Call as CallRow
+from securepay.calls import CallState, EndReason
+from securepay.live import MediaHub, hub
+from securepay.models import BreakReason, IllegalTransition, PaymentSession
+
+logger = logging.getLogger(__name__)
+
+CALL_BREAKS = {
+    "hold": BreakReason.HOLD,
+    "switch_line": BreakReason.LINE_SWITCH,
+    "monitor_stop": BreakReason.MONITOR_STOP,
+    "barge": BreakReason.BARGE,
+    "hangup": BreakReason.HANGUP,
+}
+CALL_EVENTS = (*CALL_BREAKS, "unhold")
+CAPTURE_KEYS = DIGITS | {CLEAR_KEY, END_KEY}
+CODE_LENGTH = 4
+TICK_S = 0.5
+
+
+def worker_group(worker_id: str) -> str:
+    return f"media.worker.{worker_id}"
+
+
+def parse_address(text: str) -> tuple[str, int] | None:
+    if not text:
+        return None
+    host, _, port = text.rpartition(":")
+    return host, int(port)
+
+
+@dataclass
+class CallLink:
+    """What the worker knows about a call beyond its media."""
+
+    tenant_id: int
+    session_id: str | None = None
+    linked: bool = False  # secured by a link and not broken since (hold may be undone)
+    on_hold: bool = False
+    agent_digits: str = ""
+    started: float = 0.0
+    supervisors: dict[str, str] = field(default_factory=dict)
+
+
+class MediaWorker:
+    def __init__(
+        self,
+        worker_id: str | None = None,
+        host: str | None = None,
+        rtp_timeout_s: float | None = None,
+        session_hub: MediaHub = hub,
+    ) -> None:
+        self.worker_id = worker_id or settings.MEDIA_WORKER_ID
+        self.host = host or settings.MEDIA_RTP_HOST
+        self.rtp_timeout_s = rtp_timeout_s if rtp_timeout_s is not None else settings.MEDIA_RTP_TIMEOUT_SECONDS
+        self.hub = session_hub
+        self.relay = Relay(self._on_keys)
+        self.links: dict[str, CallLink] = {}
+        self._jobs: asyncio.Queue = asyncio.Queue()
+        self.ready = asyncio.Event()
+
+    # --- running ------------------------------------------------------------
+    async def run(self) -> None:
+        """Recover, then serve until cancelled."""
+        await database_sync_to_async(self.recover)()
+        await self.hub.ensure_listening()
+        layer = get_channel_layer()
+        channel = await layer.new_channel("media.worker.")
+        await layer.group_add(worker_group(self.worker_id), channel)
+        tasks = [
+            asyncio.create_task(self._serve_jobs()),
+            asyncio.create_task(self._tick()),
+        ]
+        self.ready.set()
+        try:
+            while True:
+                message = await layer.receive(channel)
+                self._jobs.put_nowait(self._handle_message(message))
+        finally:
+            for task in tasks:
+                task.cancel()
+            for call_id in list(self.relay.calls):
+                self.relay.close_call(call_id)
+            await layer.group_discard(worker_group(self.worker_id), channel)
+
+    def recover(self) -> None:
+        """A previous run's live calls are gone: end them, unsecure their open sessions."""
+        for row in CallRow.objects.filter(worker_id=self.worker_id, state=CallState.LIVE).select_related("session"):
+            row.end(EndReason.WORKER_RESTART)
+            if row.session is not None and row.session.is_open:
+                self.hub.break_link(row.session_id, BreakReason.LINK_LOST)
+
+    async def _serve_jobs(self) -> None:
+        # One queue, one consumer: a call's messages and key presses keep their order.
+        while True:
+            job = await self._jobs.get()
+            try:
+                await job
+            except Exception:  # one failed job must not stop the worker; jobs hold no card data
+                logger.exception("media worker %s: job failed", self.worker_id)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.relay.send_reports()
+            started = {call_id: link.started for call_id, link in self.links.items()}
+            for call_id in self.relay.idle_calls(self.rtp_timeout_s, started):
+                self.relay.close_call(call_id)  # stop relaying now; the rest in order
+                self._jobs.put_nowait(self._end_call(call_id, EndReason.RTP_TIMEOUT, BreakReason.LINK_LOST))
+            for call_id, link in self.links.items():
+                call = self.relay.calls.get(call_id)
+                if call is not None and link.session_id and call.session_open:
+                    # The session ended (agent, API): a barging supervisor may hear the caller again.
+                    call.session_open = self.hub.is_linked(link.session_id)
+
+    # --- control messages ------------------------------------------------------
+    async def _handle_message(self, message: dict) -> None:
+        kind, call_id = message.get("type"), str(message.get("call", ""))
+        if kind == "call.start":
+            await self._start_call(call_id)
+        elif call_id not in self.links:
+            logger.info("media worker %s: %s for unknown call %s", self.worker_id, kind, call_id)
+        elif kind == "call.link":
+            await self._link(call_id, str(message["session"]))
+        elif kind == "call.event":
+            await self._event(call_id, message["event"], message.get("supervisor"))
+        elif kind == "call.supervisor":
+            await self._supervisor(call_id, message["name"], message.get("mode"))
+
+    async def _start_call(self, call_id: str) -> None:
+        row = await database_sync_to_async(CallRow.objects.filter(pk=call_id, state=CallState.LIVE).first)()
+        if row is None or call_id in self.links:
+            return
+        call = media_calls.Call(call_id, codec=row.codec, event_payload_type=row.event_payload_type)
+        call.caller.peer = parse_address(row.caller_address)
+        call.agent.peer = parse_address(row.agent_address)
+        try:
+            await self.relay.open_leg(call, call.caller, self.host, row.caller_port)
+            await self.relay.open_leg(call, call.agent, self.host, row.agent_port)
+        except OSError as exc:
+            logger.error("media worker %s: call %s cannot bind: %s", self.worker_id, call_id, exc)
+            self.relay.close_call(call_id)
+            await database_sync_to_async(row.end)(EndReason.BIND_FAILED)
+            return
+        self.links[call_id] = CallLink(row.tenant_id, started=asyncio.get_running_loop().time())
+        for name, supervisor in row.supervisors.items():
+            await self._supervisor(call_id, name, supervisor["mode"])
+        if row.session_id is not None:
+            await self._link(call_id, str(row.session_id))
+
+    async def _link(self, call_id: str, session_id: str) -> None:
+        link = self.links[call_id]
+        if link.session_id and link.session_id != session_id and link.linked:
+            await self._break(call_id, BreakReason.LINE_SWITCH)  # the old session loses this call
+        link.session_id = session_id
+        try:
+            await database_sync_to_async(self._link_session)(call_id, session_id)
+        except (IllegalTransition, PaymentSession.DoesNotExist):
+            logger.info("media worker %s: session of call %s is not open", self.worker_id, call_id)
+            return
+        link.linked, link.on_hold = True, False
+        call = self.relay.calls[call_id]
+        call.session_open = True
+        call.listen_for_agent_code = False
+
+    def _link_session(self, call_id: str, session_id: str) -> None:
+        self.hub.link(session_id)  # first: the agent page waits for this
+        CallRow.objects.filter(pk=call_id).exclude(session_id=session_id).update(session_id=session_id)
+
+    async def _break(self, call_id: str, reason: str) -> None:
+        link = self.links[call_id]
+        if link.session_id is None:
+            return
+        if reason != BreakReason.HOLD:
+            link.linked = False
+        await database_sync_to_async(self._break_session)(link.session_id, reason)
+
+    def _break_session(self, session_id: str, reason: str) -> None:
+        if PaymentSession.objects.filter(pk=session_id).open().exists():
+            self.hub.break_link(session_id, reason)
+
+    async def _event(self, call_id: str, event: str, supervisor: str | None) -> None:
+        link = self.links[call_id]
+        if event == "hangup":
+            self.relay.close_call(call_id)
+            await self._end_call(call_id, EndReason.HANGUP, BreakReason.HANGUP)
+            return
+        if event == "unhold":
+            if link.on_hold and link.linked and link.session_id:
+                await self._link(call_id, link.session_id)
+            return
+        if event == "hold":
+            link.on_hold = True
+        if supervisor and event in ("barge", "monitor_stop"):
+            await self._supervisor(call_id, supervisor, "barge" if event == "barge" else None, secure_effect=False)
+        await self._break(call_id, CALL_BREAKS[event])
+
+    async def _supervisor(self, call_id: str, name: str, mode: str | None, secure_effect: bool = True) -> None:
+        call = self.relay.calls.get(call_id)
+        if call is None:
+            return
+        link = self.links[call_id]
+        previous = link.supervisors.get(name)
+        if mode is None:
+            call.remove_supervisor(name)
+            self.relay.close_leg(call, name)
+            link.supervisors.pop(name, None)
+            if secure_effect and previous is not None:
+                await self._break(call_id, BreakReason.MONITOR_STOP)
+            return
+        if previous is None:
+            row = await database_sync_to_async(CallRow.objects.get)(pk=call_id)
+            leg = call.add_supervisor(name, mode)
+            entry = row.supervisors.get(name, {})
+            leg.peer = parse_address(entry.get("address", ""))
+            try:
+                await self.relay.open_leg(call, leg, self.host, entry["port"])
+            except (OSError, KeyError) as exc:
+                call.remove_supervisor(name)
+                logger.error("media worker %s: supervisor leg %s not opened: %s", self.worker_id, name, exc)
+                return
+        else:
+            call.add_supervisor(name, mode)
+        link.supervisors[name] = mode
+        if secure_effect and mode == media_calls.BARGE and previous != media_calls.BARGE:
+            await self._break(call_id, BreakReason.BARGE)
+
+    async def _end_call(self, call_id: str, end_reason: str, break_reason: str) -> None:
+        self.relay.close_call(call_id)
+        link = self.links.pop(call_id, None)
+        if link is None:
+            return
+        if link.session_id is not None:
+            await database_sync_to_async(self._break_session)(link.session_id, break_reason)
+        await database_sync_to_async(self._end_row)(call_id, end_reason)
+
+    @staticmethod
+    def _end_row(call_id: str, reason: str) -> None:
+        row = CallRow.objects.filter(pk=call_id, state=CallState.LIVE).first()
+        if row is not None:
+            row.end(reason)
+
+    # --- key presses --------------------------------------------------------------
+    def _on_keys(self, call: media_calls.Call, received: media_calls.Received) -> None:
+        link = self.links.get(call.call_id)
+        if link is None:
+            return
+        digits = [press.digit for press in received.caller_keys if press.digit in CAPTURE_KEYS]
+        if digits and link.session_id:
+            self._jobs.put_nowait(self._press(link.session_id, digits))
+        for press in received.agent_keys:
+            link.agent_digits = (link.agent_digits + press.digit)[-CODE_LENGTH:]
+            if not link.linked and len(link.agent_digits) == CODE_LENGTH and link.agent_digits.isdigit():
+                self._jobs.put_nowait(self._agent_code(call.call_id, link.agent_digits))
+
+    async def _press(self, session_id: str, digits: list[str]) -> None:
+        for digit in digits:
+            await database_sync_to_async(self.hub.press_key)(session_id, digit)
+
+    async def _agent_code(self, call_id: str, code: str) -> None:
+        link = self.links.get(call_id)
+        if link is None or link.linked:
+            return
+        session_id = await database_sync_to_async(self._open_session_with_code)(link.tenant_id, code)
+        if session_id is not None:
+            link.agent_digits = ""
+            await self._link(call_id, session_id)
+
+    @staticmethod
+    def _open_session_with_code(tenant_id: int, code: str) -> str | None:
+        session = PaymentSession.objects.filter(tenant_id=tenant_id, code=code).open().first()
+        return None if session is None else str(session.pk)
+
+
+_inprocess: dict[int, asyncio.Task] = {}
+
+
+async def ensure_inprocess() -> None:
+    """Demo: run the worker on this (Daphne's) event loop, once."""
+    loop = asyncio.get_running_loop()
+    task = _inprocess.get(id(loop))
+    if task is None or task.done():
+        worker = MediaWorker()
+        _inprocess[id(loop)] = loop.create_task(worker.run())
+        await worker.ready.wait()

@@ -1,0 +1,146 @@
+"""Phone calls relayed by a media worker: the row the control API answers from.
+
+The API writes the row (ports allocated here, so it can answer at once) and
+tells the worker named in `worker_id`; the worker binds the ports and holds
+the audio, digits and card capture in memory only. Nothing about key presses
+is ever stored here.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from securepay.models import PaymentSession
+from tenants.models import Tenant, TenantScopedManager
+
+
+class CallState(models.TextChoices):
+    LIVE = "live", _("Live")
+    ENDED = "ended", _("Ended")
+
+
+class EndReason(models.TextChoices):
+    HANGUP = "hangup", _("Hung up")
+    RTP_TIMEOUT = "rtp_timeout", _("No RTP for too long")
+    WORKER_RESTART = "worker_restart", _("Media worker restarted")
+    BIND_FAILED = "bind_failed", _("Media worker could not open the ports")
+
+
+class NoFreePort(Exception):
+    """The worker's RTP port range is exhausted."""
+
+
+class Call(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="calls")
+    reference = models.CharField(max_length=200, blank=True)  # the telephony platform's call id
+    worker_id = models.CharField(max_length=64)
+    host = models.CharField(max_length=64)
+    codec = models.CharField(max_length=4, default="PCMU")
+    event_payload_type = models.PositiveSmallIntegerField(default=101)
+    caller_port = models.PositiveIntegerField()
+    agent_port = models.PositiveIntegerField()
+    # Optional fixed peers ("host:port"); blank = learned from the first packet (symmetric RTP).
+    caller_address = models.CharField(max_length=64, blank=True)
+    agent_address = models.CharField(max_length=64, blank=True)
+    # {name: {"mode": "monitor"|"barge", "port": int}}
+    supervisors = models.JSONField(default=dict, blank=True)
+    session = models.ForeignKey(PaymentSession, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls")
+    state = models.CharField(max_length=8, choices=CallState.choices, default=CallState.LIVE)
+    end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    objects = TenantScopedManager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["worker_id", "state"])]
+
+    def __str__(self) -> str:
+        return f"call {self.id} ({self.state})"
+
+    @property
+    def is_live(self) -> bool:
+        return self.state == CallState.LIVE
+
+    def end(self, reason: str) -> None:
+        self.state, self.end_reason, self.ended_at = CallState.ENDED, reason, timezone.now()
+        self.save(update_fields=["state", "end_reason", "ended_at"])
+
+
+def ports_in_use(worker_id: str) -> set[int]:
+    used: set[int] = set()
+    for caller, agent, supervisors in Call.objects.filter(worker_id=worker_id, state=CallState.LIVE).values_list(
+        "caller_port", "agent_port", "supervisors"
+    ):
+        used |= {caller, agent, *(s["port"] for s in supervisors.values())}
+    return used
+
+
+def allocate_ports(worker_id: str, count: int) -> list[int]:
+    """`count` ports of the worker's range not held by its live calls.
+
+    Two API processes may pick the same port in a rare race; the worker then
+    fails to bind and ends the call (`bind_failed`) rather than mixing calls.
+    """
+    used = ports_in_use(worker_id)
+    low, high = settings.MEDIA_RTP_PORT_MIN, settings.MEDIA_RTP_PORT_MAX
+    free_count = high - low + 1 - len(used)
+    if free_count < count:
+        raise NoFreePort(f"media worker {worker_id}: no free RTP port")
+    picked: list[int] = []
+    rng = random.SystemRandom()
+    while len(picked) < count:
+        port = rng.randint(low, high)
+        if port not in used and port not in picked:
+            picked.append(port)
+    return picked
+
+
+class UnknownCode(Exception):
+    """No open session of the call's tenant has this code."""
+
+
+def tell_worker(call: Call, message: dict) -> None:
+    """Message the call's media worker once the row is committed (protocol: `media.service`)."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from media.service import worker_group
+
+    def send() -> None:
+        async_to_sync(get_channel_layer().group_send)(worker_group(call.worker_id), {**message, "call": str(call.pk)})
+
+    transaction.on_commit(send)
+
+
+def start_call(tenant: Tenant, **fields) -> Call:
+    """Allocate the ports, write the row, have the worker bind them. Raises NoFreePort."""
+    worker_id = settings.MEDIA_WORKER_ID
+    with transaction.atomic():
+        caller_port, agent_port = allocate_ports(worker_id, 2)
+        call = Call.objects.create(
+            tenant=tenant, worker_id=worker_id, host=settings.MEDIA_RTP_HOST,
+            caller_port=caller_port, agent_port=agent_port, **fields,
+        )  # fmt: skip
+        tell_worker(call, {"type": "call.start"})
+    return call
+
+
+def link_call(call: Call, code: str) -> PaymentSession:
+    """Link the call to the open session of its tenant with this code. Raises UnknownCode."""
+    session = PaymentSession.objects.for_tenant(call.tenant).open().filter(code=code).first()
+    if session is None:
+        raise UnknownCode(code)
+    with transaction.atomic():
+        call.session = session
+        call.save(update_fields=["session"])
+        tell_worker(call, {"type": "call.link", "session": str(session.pk)})
+    return session

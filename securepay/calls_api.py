@@ -1,0 +1,238 @@
+"""Call control for the telephony/CTI integration: `/api/v1/calls/...`.
+
+Tenant API keys only (a browser session cannot drive telephony). Each view
+changes the `Call` row and tells the call's media worker over the channel layer
+(protocol in `media.service`); the worker owns the media and the secure state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.db import transaction
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, inline_serializer
+from rest_framework import permissions, serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from media.calls import CODECS, SUPERVISOR_MODES
+from media.service import CALL_EVENTS, ensure_inprocess
+from securepay.calls import Call, NoFreePort, UnknownCode, allocate_ports, link_call, start_call, tell_worker
+from tenants.api_auth import request_tenant
+from tenants.models import ApiKey
+from tenants.scoping import get_for_tenant
+
+ErrorSerializer = inline_serializer("CallError", {"detail": serializers.CharField(), "code": serializers.CharField()})
+
+
+class HasApiKey(permissions.BasePermission):
+    message = "Call control needs a tenant API key."
+
+    def has_permission(self, request, view) -> bool:
+        return isinstance(request.auth, ApiKey)
+
+
+def validate_address(value: str) -> str:
+    """"host:port" with an IP address: where a peer's RTP comes from and goes to."""
+    if not value:
+        return value
+    host, sep, port = value.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+        port_number = int(port)
+    except ValueError:
+        raise serializers.ValidationError('Use "ip:port", e.g. "192.0.2.10:4000".')
+    if not sep or not 1 <= port_number <= 65535:
+        raise serializers.ValidationError("Port must be 1-65535.")
+    return value
+
+
+class SupervisorSerializer(serializers.Serializer):
+    name = serializers.SlugField(max_length=64)
+    mode = serializers.ChoiceField(choices=SUPERVISOR_MODES)
+    address = serializers.CharField(required=False, allow_blank=True, default="", validators=[validate_address])
+    port = serializers.IntegerField(read_only=True, help_text="Where the supervisor's phone sends RTP.")
+
+    def validate_name(self, value: str) -> str:
+        if value in ("caller", "agent"):
+            raise serializers.ValidationError("This name is reserved.")
+        return value
+
+
+class CallCreateSerializer(serializers.Serializer):
+    codec = serializers.ChoiceField(choices=sorted(CODECS), default="PCMU")
+    event_payload_type = serializers.IntegerField(min_value=96, max_value=127, default=101)
+    caller_address = serializers.CharField(required=False, allow_blank=True, default="", validators=[validate_address])
+    agent_address = serializers.CharField(required=False, allow_blank=True, default="", validators=[validate_address])
+    reference = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+
+
+class CallSerializer(serializers.ModelSerializer):
+    session = serializers.UUIDField(source="session_id", allow_null=True, read_only=True)
+    session_code = serializers.SerializerMethodField()
+    supervisors = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Call
+        fields = [
+            "id", "reference", "state", "end_reason", "host", "caller_port", "agent_port", "codec",
+            "event_payload_type", "caller_address", "agent_address", "session", "session_code", "supervisors",
+            "created_at", "ended_at",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_session_code(self, call: Call) -> str | None:
+        return call.session.code if call.session_id else None
+
+    @extend_schema_field(SupervisorSerializer(many=True))
+    def get_supervisors(self, call: Call) -> list[dict]:
+        return [{"name": name, **entry} for name, entry in sorted(call.supervisors.items())]
+
+
+class LinkSerializer(serializers.Serializer):
+    code = serializers.RegexField(r"^\d{4}$", help_text="The 4-digit code shown on the agent's payment page.")
+
+
+class EventSerializer(serializers.Serializer):
+    event = serializers.ChoiceField(choices=CALL_EVENTS)
+    supervisor = serializers.SlugField(
+        max_length=64, required=False, help_text="For barge/monitor_stop: which supervisor leg it concerns."
+    )
+
+
+def conflict_if_ended(call: Call) -> Response | None:
+    if call.is_live:
+        return None
+    return Response({"detail": "The call has ended.", "code": "call_ended"}, status=status.HTTP_409_CONFLICT)
+
+
+class CallView(APIView):
+    permission_classes = [HasApiKey]
+
+    def get_call(self, request: Request, call_id) -> Call:
+        return get_for_tenant(Call.objects.select_related("session"), request_tenant(request), pk=call_id)
+
+
+class CallListCreateView(CallView):
+    @extend_schema(
+        summary="Start relaying a call: returns the UDP ports the caller's and agent's RTP go to",
+        request=CallCreateSerializer,
+        responses={201: CallSerializer, 400: OpenApiResponse(description="Per-field errors."), 503: ErrorSerializer},
+    )
+    def post(self, request: Request) -> Response:
+        incoming = CallCreateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        if settings.MEDIA_WORKER_MODE == "inprocess":
+            async_to_sync(ensure_inprocess)()
+        try:
+            call = start_call(request_tenant(request), **incoming.validated_data)
+        except NoFreePort as exc:
+            return Response({"detail": str(exc), "code": "no_free_port"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+        return Response(CallSerializer(call).data, status=status.HTTP_201_CREATED)
+
+
+class CallDetailView(CallView):
+    @extend_schema(summary="A call's ports, legs, state and linked session", responses={200: CallSerializer})
+    def get(self, request: Request, call_id) -> Response:
+        return Response(CallSerializer(self.get_call(request, call_id)).data)
+
+
+class CallLinkView(CallView):
+    @extend_schema(
+        summary="Link the call to an open payment session by its 4-digit code (secures it)",
+        request=LinkSerializer,
+        responses={200: CallSerializer, 400: OpenApiResponse(description="Unknown code."), 409: ErrorSerializer},
+    )
+    def post(self, request: Request, call_id) -> Response:
+        call = self.get_call(request, call_id)
+        if (ended := conflict_if_ended(call)) is not None:
+            return ended
+        incoming = LinkSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        try:
+            link_call(call, incoming.validated_data["code"])
+        except UnknownCode:
+            raise serializers.ValidationError({"code": ["No open session of this tenant has this code."]})
+        return Response(CallSerializer(call).data)
+
+
+class CallEventView(CallView):
+    @extend_schema(
+        summary="A telephony event: hold, unhold, switch_line, monitor_stop, barge, hangup",
+        request=EventSerializer,
+        responses={202: CallSerializer, 400: OpenApiResponse(description="Per-field errors."), 409: ErrorSerializer},
+    )
+    def post(self, request: Request, call_id) -> Response:
+        call = self.get_call(request, call_id)
+        if (ended := conflict_if_ended(call)) is not None:
+            return ended
+        incoming = EventSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        event, supervisor = incoming.validated_data["event"], incoming.validated_data.get("supervisor")
+        if supervisor is not None and supervisor not in call.supervisors:
+            raise serializers.ValidationError({"supervisor": ["No such supervisor on this call."]})
+        with transaction.atomic():
+            if supervisor is not None and event == "barge":
+                call.supervisors[supervisor]["mode"] = "barge"
+            elif supervisor is not None and event == "monitor_stop":
+                del call.supervisors[supervisor]
+            call.save(update_fields=["supervisors"])
+            tell_worker(call, {"type": "call.event", "event": event, "supervisor": supervisor})
+        return Response(CallSerializer(call).data, status=status.HTTP_202_ACCEPTED)
+
+
+class CallSupervisorListView(CallView):
+    @extend_schema(
+        summary="Add a supervisor leg (monitor | barge); returns the port the supervisor's phone uses",
+        request=SupervisorSerializer,
+        responses={
+            201: SupervisorSerializer,
+            400: OpenApiResponse(description="Per-field errors."),
+            409: ErrorSerializer,
+        },
+    )
+    def post(self, request: Request, call_id) -> Response:
+        call = self.get_call(request, call_id)
+        if (ended := conflict_if_ended(call)) is not None:
+            return ended
+        incoming = SupervisorSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        name, mode = incoming.validated_data["name"], incoming.validated_data["mode"]
+        with transaction.atomic():
+            entry = call.supervisors.get(name)
+            if entry is None:
+                try:
+                    (port,) = allocate_ports(call.worker_id, 1)
+                except NoFreePort as exc:
+                    return Response(
+                        {"detail": str(exc), "code": "no_free_port"}, status=status.HTTP_503_SERVICE_UNAVAILABLE
+                    )
+                entry = {"port": port, "address": incoming.validated_data["address"]}
+            entry["mode"] = mode
+            call.supervisors[name] = entry
+            call.save(update_fields=["supervisors"])
+            tell_worker(call, {"type": "call.supervisor", "name": name, "mode": mode})
+        return Response({"name": name, **entry}, status=status.HTTP_201_CREATED)
+
+
+class CallSupervisorDetailView(CallView):
+    @extend_schema(
+        summary="Remove a supervisor leg (a monitoring supervisor stopping breaks the secure state)",
+        responses={204: None, 404: OpenApiResponse(description="No such call or supervisor."), 409: ErrorSerializer},
+    )
+    def delete(self, request: Request, call_id, name: str) -> Response:
+        call = self.get_call(request, call_id)
+        if (ended := conflict_if_ended(call)) is not None:
+            return ended
+        if name not in call.supervisors:
+            return Response({"detail": "No such supervisor.", "code": "not_found"}, status=status.HTTP_404_NOT_FOUND)
+        with transaction.atomic():
+            del call.supervisors[name]
+            call.save(update_fields=["supervisors"])
+            tell_worker(call, {"type": "call.supervisor", "name": name, "mode": None})
+        return Response(status=status.HTTP_204_NO_CONTENT)
+

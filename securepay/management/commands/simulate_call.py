@@ -1,0 +1,112 @@
+"""`python manage.py simulate_call --code 1234 --keys "4242424242424242#1228123"`.
+
+Acts as both phones of a call: starts the call and links it by code through the
+same functions as the control API, streams the caller's key presses as real
+DTMF (in-band, RFC 4733 or both) over RTP in real time to the media worker, and
+records what the agent's handset receives. With MEDIA_WORKER_MODE=inprocess the
+worker runs inside this command (it then reaches agent pages only through a
+shared channel layer, i.e. REDIS_URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+
+import numpy as np
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from media.calls import CODECS
+from media.codecs import write_wav
+from media.phones import Phones
+from media.service import MediaWorker
+from media.softphone import KEY_MODES, caller_packets, silence_packets
+from securepay.calls import NoFreePort, UnknownCode, link_call, start_call, tell_worker
+from securepay.models import PaymentSession
+from tenants.management.commands._base import OperatorCommand
+from tenants.models import Tenant
+
+KEYS_PATTERN = re.compile(r"^[0-9*#]{1,64}$")
+LINK_WAIT_S = 3.0
+
+
+class Command(OperatorCommand):
+    help = "Simulate a phone call that keys a card into the payment session with this code."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--code", required=True, help="The session's 4-digit code.")
+        parser.add_argument("--keys", required=True, help='Keys the caller presses, e.g. "4242424242424242#1228123".')
+        parser.add_argument("--mode", choices=KEY_MODES, default="inband")
+        parser.add_argument("--tenant", help="Tenant slug (when several tenants have an open session with the code).")
+        parser.add_argument("--codec", choices=sorted(CODECS), default="PCMU")
+        parser.add_argument("--record", help="Write what the agent hears to this WAV file.")
+        parser.add_argument("--hangup", action="store_true", help="Hang up at the end (unsecures the session).")
+
+    def handle(self, *args, code, keys, mode, tenant, codec, record, hangup, **options) -> None:
+        if not re.fullmatch(r"\d{4}", code):
+            raise self.fail("--code must be 4 digits")
+        if not KEYS_PATTERN.match(keys):
+            raise self.fail("--keys may only hold 0-9, * and # (at most 64)")
+        sessions = PaymentSession.objects.open().filter(code=code)
+        if tenant:
+            sessions = sessions.filter(tenant__slug=tenant)
+        tenant_ids = set(sessions.values_list("tenant_id", flat=True))
+        if len(tenant_ids) != 1:
+            raise self.fail(f"no open session with code {code}" if not tenant_ids else "several tenants: give --tenant")
+        call_tenant = Tenant.objects.get(pk=tenant_ids.pop())
+        worker = MediaWorker() if settings.MEDIA_WORKER_MODE == "inprocess" else None
+        try:
+            call = start_call(call_tenant, codec=codec, reference="simulate_call")
+        except NoFreePort as exc:
+            raise self.fail(str(exc))
+        heard, stats = asyncio.run(self._run(worker, call, code, keys, mode, codec))
+        if hangup:
+            tell_worker(call, {"type": "call.event", "event": "hangup", "supervisor": None})
+        if record:
+            write_wav(record, heard)
+        self.stdout.write(
+            f"call {call.pk}: sent {len(keys)} keys ({mode}) in {stats['caller_packets']} packets; "
+            f"agent leg received {stats['agent_packets']} packets"
+            + (f", recorded to {record}" if record else "")
+        )
+
+    async def _run(self, worker, call, code, keys, mode, codec) -> tuple[np.ndarray, dict]:
+        worker_task = asyncio.create_task(worker.run()) if worker else None
+        try:
+            if worker:
+                await worker.ready.wait()
+            session = await database_sync_to_async(link_call)(call, code)
+            await self._wait_secured(session.pk)
+            return await self._phones(call, keys, mode, codec)
+        except UnknownCode:
+            raise self.fail(f"no open session with code {code}")
+        finally:
+            if worker_task:
+                worker_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker_task
+
+    async def _wait_secured(self, session_id) -> None:
+        deadline = time.monotonic() + LINK_WAIT_S
+        while time.monotonic() < deadline:
+            session = await database_sync_to_async(PaymentSession.objects.get)(pk=session_id)
+            if session.is_secured:
+                return
+            await asyncio.sleep(0.05)
+        raise self.fail("the media worker did not link the call (is `manage.py media_worker` running?)")
+
+    async def _phones(self, call, keys, mode, codec) -> tuple[np.ndarray, dict]:
+        sent, _audio = caller_packets(keys, mode, codec, call.event_payload_type)
+        caller_port, agent_port = (call.host, call.caller_port), (call.host, call.agent_port)
+        schedule = [(at, "caller", data, caller_port) for at, data in sent]
+        schedule += [(at, "agent", data, agent_port) for at, data in silence_packets(sent[-1][0] + 0.5, codec)]
+        phones = Phones(["caller", "agent"])
+        try:
+            await phones.play(schedule)
+            stats = {"caller_packets": len(sent), "agent_packets": len(phones.received["agent"])}
+            return phones.audio("agent", codec), stats
+        finally:
+            phones.close()

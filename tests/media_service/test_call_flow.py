@@ -1,0 +1,198 @@
+"""End to end on loopback UDP: control API -> media worker -> masked audio, stars, secure state."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+import pytest
+from django.test import Client
+
+from media.codecs import write_wav
+from media.phones import Phones
+from media.rtp import is_rtcp
+from media.softphone import caller_packets, silence_packets
+from securepay.calls import Call, CallState
+from securepay.live import session_group
+from securepay.models import PaymentSession
+from tests.support import require_binary
+
+CARD_KEYS = "4242424242424242#1228123"
+
+
+def api(world, method: str, path: str, data: dict | None = None):
+    client = Client()
+    return getattr(client, method)(path, data or {}, content_type="application/json", **world.api_headers())
+
+
+def start_call(world, media_worker, **fields) -> dict:
+    response = api(world, "post", "/api/v1/calls/", fields)
+    assert response.status_code == 201, response.content
+    body = response.json()
+    media_worker.call(body["id"])  # the worker has bound the ports
+    return body
+
+
+def link(world, call: dict, code: str):
+    return api(world, "post", f"/api/v1/calls/{call['id']}/link/", {"code": code})
+
+
+def event(world, call: dict, name: str, **extra):
+    return api(world, "post", f"/api/v1/calls/{call['id']}/events/", {"event": name, **extra})
+
+
+def play(
+    call: dict,
+    keys: str = CARD_KEYS,
+    mode: str = "inband",
+    extra_legs: dict | None = None,
+    phones: Phones | None = None,
+) -> Phones:
+    """Caller keys `keys`; the agent's (and supervisors') handsets send silence and record.
+    Pass the same `phones` to go on with the same handsets (the worker latches their addresses)."""
+    sent, _audio = caller_packets(keys, mode, event_payload_type=call["event_payload_type"])
+    duration = sent[-1][0] + 0.4
+    host = call["host"]
+    schedule = [(at, "caller", data, (host, call["caller_port"])) for at, data in sent]
+    legs = {"agent": call["agent_port"], **(extra_legs or {})}
+    for name, port in legs.items():
+        schedule += [(at, name, data, (host, port)) for at, data in silence_packets(duration)]
+    phones = phones or Phones(["caller", *legs])
+    asyncio.run(phones.play(schedule))
+    return phones
+
+
+def multimon_digits(samples, tmp_path, name: str) -> str:
+    """Digits an independent decoder (multimon-ng) finds in 8 kHz audio."""
+    multimon = require_binary("multimon-ng")
+    wav = tmp_path / f"{name}.wav"
+    write_wav(wav, samples)
+    raw = subprocess.run(
+        ["sox", str(wav), "-t", "raw", "-e", "signed-integer", "-b", "16", "-r", "22050", "-"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    decoded = subprocess.run([multimon, "-q", "-a", "DTMF", "-t", "raw", "-"], input=raw, capture_output=True).stdout
+    return "".join(line.split(":")[1].strip() for line in decoded.decode().splitlines() if line.startswith("DTMF"))
+
+
+def secure_state(session) -> tuple[str, str]:
+    fresh = PaymentSession.objects.get(pk=session.pk)
+    return fresh.secure_state, fresh.break_reason
+
+
+def wait_secure(pages, state: str, reason: str | None = None) -> dict:
+    """The secure state as the agent page receives it (no DB polling while the worker writes)."""
+    return pages.wait_for(
+        lambda m: m.get("type") == "session.state"
+        and m["secure_state"] == state
+        and (reason is None or m["break_reason"] == reason)
+    )
+
+
+def wait_until(predicate, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_simulated_call_fills_stars_and_agent_hears_no_digit(media_worker, alpha, session, listen, tmp_path):
+    pages = listen(session_group(session.pk))
+    call = start_call(alpha, media_worker)
+    sent_at = time.monotonic()
+    assert link(alpha, call, session.code).status_code == 200
+    pages.wait_for(lambda m: m.get("type") == "session.state" and m["secure_state"] == "secured")
+    green_after = next(at for at, m in pages.messages if m.get("secure_state") == "secured") - sent_at
+    assert green_after < 0.2, f"page turned green after {green_after * 1000:.0f} ms"
+
+    phones = play(call)
+
+    final = pages.wait_for(lambda m: m.get("type") == "card.state" and m["ready"])
+    assert final["fields"]["pan"] == {"length": 16, "complete": True, "valid": True, "hint": None}
+    assert final["fields"]["expiry"]["length"] == 4 and final["fields"]["cvv"]["length"] == 3
+    assert final["brand"] == "visa"
+    frames = str([m for _t, m in pages.messages])
+    assert "4242424242424242" not in frames and "1228" not in frames
+    # What the agent heard decodes to nothing; the caller's own audio does decode (the check can fail).
+    _packets, caller_audio = caller_packets(CARD_KEYS)
+    assert multimon_digits(caller_audio, tmp_path, "caller") == CARD_KEYS
+    agent_audio = phones.audio("agent")
+    assert agent_audio.size > 0.8 * caller_audio.size
+    assert multimon_digits(agent_audio, tmp_path, "agent") == ""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["rfc4733", "both"])
+def test_rfc4733_keys_count_once_and_are_stripped(media_worker, alpha, session, listen, mode):
+    pages = listen(session_group(session.pk))
+    call = start_call(alpha, media_worker)
+    link(alpha, call, session.code)
+    pages.wait_for(lambda m: m.get("secure_state") == "secured")
+    phones = play(call, "4242424242424242", mode)
+    state = pages.wait_for(lambda m: m.get("type") == "card.state" and m["fields"]["pan"]["complete"])
+    assert state["fields"]["pan"]["length"] == 16 and state["active"] == "expiry"
+    payload_types = {data[1] & 0x7F for _t, data in phones.received["agent"] if not is_rtcp(data)}
+    assert payload_types == {0}, "telephone-events must not reach the agent"
+
+
+def test_unknown_code_is_a_400_and_changes_nothing(media_worker, alpha, session):
+    call = start_call(alpha, media_worker)
+    wrong = "0000" if session.code != "0000" else "1111"
+    response = link(alpha, call, wrong)
+    assert response.status_code == 400 and "code" in response.json()
+    assert Call.objects.get(pk=call["id"]).session is None
+    assert secure_state(session)[0] == "unsecured"
+
+
+def test_agent_keying_the_code_on_their_phone_links(media_worker, alpha, session, listen):
+    pages = listen(session_group(session.pk))
+    call = start_call(alpha, media_worker)
+    sent, _ = caller_packets(session.code, "inband")
+    host = call["host"]
+    schedule = [(at, "agent", data, (host, call["agent_port"])) for at, data in sent]
+    phones = Phones(["agent"])
+    asyncio.run(phones.play(schedule))
+    phones.close()
+    wait_secure(pages, "secured")
+    assert str(Call.objects.get(pk=call["id"]).session_id) == str(session.pk)
+
+
+@pytest.mark.parametrize(
+    ("event_name", "reason"),
+    [
+        ("hold", "hold"),
+        ("switch_line", "line_switch"),
+        ("monitor_stop", "monitor_stop"),
+        ("barge", "barge"),
+        ("hangup", "hangup"),
+    ],
+)
+def test_breaking_events_unsecure_with_their_reason(media_worker, alpha, session, listen, event_name, reason):
+    pages = listen(session_group(session.pk))
+    call = start_call(alpha, media_worker)
+    link(alpha, call, session.code)
+    wait_secure(pages, "secured")
+    assert event(alpha, call, event_name).status_code == 202
+    wait_secure(pages, "unsecured", reason)
+    if event_name == "hangup":
+        wait_until(lambda: Call.objects.get(pk=call["id"]).state == CallState.ENDED)
+        assert event(alpha, call, "hold").status_code == 409
+
+
+def test_digits_refused_while_on_hold_and_accepted_after_unhold(media_worker, alpha, session, listen):
+    pages = listen(session_group(session.pk))
+    call = start_call(alpha, media_worker)
+    link(alpha, call, session.code)
+    wait_secure(pages, "secured")
+    event(alpha, call, "hold")
+    wait_secure(pages, "unsecured", "hold")
+    phones = play(call, "42")
+    refused = pages.wait_for(lambda m: m.get("type") == "card.state" and m["rejected_keys"] == 2)
+    assert refused["fields"]["pan"]["length"] == 0
+    pages.messages.clear()
+    event(alpha, call, "unhold")
+    wait_secure(pages, "secured")
+    play(call, "42", phones=phones)
+    pages.wait_for(lambda m: m.get("type") == "card.state" and m["fields"]["pan"]["length"] == 2)
