@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from functools import lru_cache
 from typing import Any
 
@@ -20,33 +19,19 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 
-def _setting(name: str, default: Any) -> Any:
-    """A Django setting, else the environment variable of the same name, else `default`."""
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(name)
-    return default if value is None or value == "" else value
-
-
-def _seconds(name: str, default: str) -> tuple[float, ...]:
-    raw = _setting(name, default)
-    values = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
-    return tuple(float(value) for value in values)
-
-
 def gateway_retry_delays() -> tuple[float, ...]:
     """Pauses between in-process retries of one gateway call (transport errors, reconcile)."""
-    return _seconds("GATEWAY_RETRY_DELAYS", "0.5,1,2")
+    return tuple(float(value) for value in settings.GATEWAY_RETRY_DELAYS)
 
 
 def reconcile_task_retry_seconds() -> float:
     """Celery countdown before the charge task asks the gateway again about an unknown outcome."""
-    return float(_setting("GATEWAY_RECONCILE_RETRY_SECONDS", 30))
+    return float(settings.GATEWAY_RECONCILE_RETRY_SECONDS)
 
 
 def webhook_retry_base_seconds() -> float:
     """First webhook retry delay; each further retry doubles it."""
-    return float(_setting("WEBHOOK_RETRY_BASE_SECONDS", 30))
+    return float(settings.WEBHOOK_RETRY_BASE_SECONDS)
 
 
 WEBHOOK_MAX_TRIES = 8
@@ -59,7 +44,7 @@ class CredentialsKeyMissing(ImproperlyConfigured):
 
 @lru_cache(maxsize=1)
 def _cipher() -> Fernet:
-    key = _setting("GATEWAY_CREDENTIALS_KEY", "")
+    key = settings.GATEWAY_CREDENTIALS_KEY
     if key:
         try:
             return Fernet(key)

@@ -156,6 +156,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("CELERY_VISIBILI
 VAULT_KEY = envstr("VAULT_KEY")
 VAULT_TTL_SECONDS = min(envint("VAULT_TTL_SECONDS", 600), 900)
 
+# --- gateways and webhooks -------------------------------------------------------
+# Fernet key for gateway credentials at rest; derived from SECRET_KEY in DEBUG only.
+GATEWAY_CREDENTIALS_KEY = envstr("GATEWAY_CREDENTIALS_KEY")
+# Pauses between in-process retries of one gateway call (the card stays in memory only).
+GATEWAY_RETRY_DELAYS = tuple(float(v) for v in envlist("GATEWAY_RETRY_DELAYS", "0.5,1,2"))
+GATEWAY_RECONCILE_RETRY_SECONDS = float(envstr("GATEWAY_RECONCILE_RETRY_SECONDS", "30"))
+WEBHOOK_RETRY_BASE_SECONDS = float(envstr("WEBHOOK_RETRY_BASE_SECONDS", "30"))
+
 # --- auth -------------------------------------------------------------------
 PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.Argon2PasswordHasher",

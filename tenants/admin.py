@@ -68,7 +68,16 @@ class TenantScopedAdmin(admin.ModelAdmin):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     list_display = ("name", "slug", "currency", "default_locale")
-    exclude = ("webhook_secret",)
+    # The integration needs the secret to verify webhooks and sign launch links;
+    # it is shown to the tenant's own admins and changed only by rotation.
+    readonly_fields = ("webhook_secret",)
+    actions = ["rotate_webhook_secret"]
+
+    @admin.action(description="Rotate the webhook and launch-link secret")
+    def rotate_webhook_secret(self, request, queryset):
+        for tenant in queryset:  # already walled by get_queryset
+            tenant.rotate_webhook_secret()
+        messages.warning(request, "New secret issued: update your integration; old signatures no longer verify.")
 
     def get_queryset(self, request):
         qs = super().get_queryset(request)

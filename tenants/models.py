@@ -57,6 +57,10 @@ class Tenant(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def rotate_webhook_secret(self) -> None:
+        self.webhook_secret = new_webhook_secret()
+        self.save(update_fields=["webhook_secret"])
+
 
 class Role(models.TextChoices):
     ADMIN = "admin", _("Admin")

@@ -59,3 +59,20 @@ def test_api_key_created_in_admin_is_shown_once_and_stored_hashed(alpha):
     assert any(created.prefix in m and "not shown again" in m for m in shown)
     key = next(m for m in shown if "sp_" in m).split(": ", 1)[1]
     assert ApiKey.authenticate(key) == created
+
+
+def test_tenant_admin_sees_own_webhook_secret_and_can_rotate_it(alpha, beta):
+    client = alpha.client_for("admin")
+    page = client.get(reverse("admin:tenants_tenant_change", args=[alpha.tenant.pk]))
+    assert alpha.tenant.webhook_secret.encode() in page.content
+    assert beta.tenant.webhook_secret.encode() not in page.content
+    old_alpha, old_beta = alpha.tenant.webhook_secret, beta.tenant.webhook_secret
+    # The action only reaches the admin's own tenant, even if another id is posted.
+    client.post(
+        reverse("admin:tenants_tenant_changelist"),
+        {"action": "rotate_webhook_secret", "_selected_action": [alpha.tenant.pk, beta.tenant.pk]},
+    )
+    alpha.tenant.refresh_from_db()
+    beta.tenant.refresh_from_db()
+    assert alpha.tenant.webhook_secret != old_alpha and alpha.tenant.webhook_secret.startswith("whsec_")
+    assert beta.tenant.webhook_secret == old_beta
