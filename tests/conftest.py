@@ -45,6 +45,13 @@ def make_tenant_world(slug: str) -> TenantWorld:
     return TenantWorld(tenant, users["admin"], users["agent"], users["supervisor"], api_key, plain)
 
 
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(request, settings):
+    """Argon2 costs ~0.1 s per fixture user; only tests about passwords need it."""
+    if request.node.get_closest_marker("real_password_hashing") is None:
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 @pytest.fixture
 def alpha(db) -> TenantWorld:
     return make_tenant_world("alpha")

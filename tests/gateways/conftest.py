@@ -302,7 +302,6 @@ def _payment_settings(settings) -> Iterator[None]:
     from gateways.sandbox import adapter as sandbox
     from securepay.vault import generate_key, get_vault
 
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     settings.VAULT_KEY = generate_key()
     settings.GATEWAY_CREDENTIALS_KEY = config.generate_credentials_key()

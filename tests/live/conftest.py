@@ -16,8 +16,6 @@ FUTURE_EXPIRY = "1239"
 
 @pytest.fixture(autouse=True)
 def _live_settings(settings, monkeypatch):
-    # Argon2 on every fixture user costs ~0.4 s per test; these tests are not about passwords.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.MEDIA_WORKER_MODE = "inprocess"
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     settings.VAULT_KEY = generate_key()

@@ -1,22 +1,124 @@
-"""A real media worker on loopback UDP, in a thread with its own event loop,
-talking to the test through the Redis pub/sub channel layer (as in production)."""
+"""A real media worker: `manage.py media_worker` as a subprocess on loopback UDP,
+against the test database (PostgreSQL) and Redis, as in production.
+
+The test drives it only the ways production does: the control API (its
+messages reach the worker over the Redis channel layer), RTP on the call's
+ports, and what the worker publishes to a session's group (what the agent's
+page receives). One worker per test module; each test's calls are hung up
+and their rows ended by the worker before the database is flushed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
+import time
 import uuid
+from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 import pytest
 from django.test import override_settings
 
-from media.service import MediaWorker
-from securepay.live import MediaHub
+from securepay.calls import Call, CallState, tell_worker
 from securepay.models import PaymentSession
 from securepay.vault import generate_key, get_vault
 from tests.support import missing, require_tcp
 
-REDIS = ("127.0.0.1", 6379)
+ROOT = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+READY_TIMEOUT_S = 30.0
+TEARDOWN_TIMEOUT_S = 5.0
+
+
+def database_url() -> str:
+    """The test database (pytest-django's, already created) as a DATABASE_URL."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    auth = quote(db["USER"] or "") + (":" + quote(db["PASSWORD"]) if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+class WorkerProcess:
+    """One `manage.py media_worker` subprocess; its log lines are kept for assertions."""
+
+    def __init__(self, worker_id: str, vault_key: str, rtp_timeout_s: float = 30.0) -> None:
+        self.worker_id = worker_id
+        self.vault_key = vault_key
+        self.rtp_timeout_s = rtp_timeout_s
+        self.lines: list[str] = []
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "REDIS_URL": REDIS_URL,
+            "VAULT_KEY": self.vault_key,
+            "LOG_LEVEL": "INFO",
+            "PYTHONUNBUFFERED": "1",
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "media_worker", "--worker-id", self.worker_id, "--host", "127.0.0.1",
+             "--rtp-timeout", str(self.rtp_timeout_s)],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        self.wait_for_log(f"media worker {self.worker_id} ready", READY_TIMEOUT_S)
+
+    def _read(self, process: subprocess.Popen) -> None:
+        for line in process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for_log(self, text: str, timeout: float = 5.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = next((line for line in self.lines if text in line), None)
+            if found is not None:
+                return found
+            assert self.process.poll() is None, "media worker exited:\n" + "\n".join(self.lines[-30:])
+            time.sleep(0.02)
+        raise AssertionError(f"media worker never logged {text!r}:\n" + "\n".join(self.lines[-30:]))
+
+    def stop(self) -> None:
+        """SIGTERM: the worker closes its sockets and leaves the channel layer."""
+        self._end(self.process.terminate)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash - nothing is cleaned up."""
+        self._end(self.process.kill)
+
+    def _end(self, signal_it) -> None:
+        if self.process.poll() is None:
+            signal_it()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def udp_port_bound(port: int) -> bool:
+    """Whether some socket on this host has bound the UDP port (read from /proc,
+    so the check itself never takes the port)."""
+    wanted = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as lines:
+            next(lines)
+            if any(line.split()[1].endswith(wanted) for line in lines):
+                return True
+    return False
+
+
+def wait_until(predicate, timeout: float = 3.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 @pytest.fixture(autouse=True)
@@ -24,129 +126,137 @@ def _fast_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-@pytest.fixture
-def redis_layer():
-    require_tcp(*REDIS, "Redis (channel layer)")
-    prefix = f"test-{uuid.uuid4().hex[:8]}"
+@pytest.fixture(scope="module")
+def worker_conditions(django_db_setup, django_db_blocker):
+    """PostgreSQL and Redis, or a loud skip (a failure under CI)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        # The worker is another process: it cannot see pytest-django's in-memory SQLite database.
+        missing("the media worker tests need PostgreSQL (DATABASE_URL), as in CI")
+    redis = urlsplit(REDIS_URL)
+    require_tcp(redis.hostname, redis.port or 6379, "Redis (channel layer)")
+
+
+@pytest.fixture(scope="module")
+def vault_key() -> str:
+    return generate_key()
+
+
+def start_worker(vault_key: str, rtp_timeout_s: float = 30.0) -> WorkerProcess:
+    worker = WorkerProcess(f"test-{uuid.uuid4().hex[:10]}", vault_key, rtp_timeout_s)
+    worker.start()
+    return worker
+
+
+@pytest.fixture(scope="module")
+def worker_process(worker_conditions, vault_key):
+    worker = start_worker(vault_key)
+    yield worker
+    worker.stop()
+
+
+def routed_to(worker: WorkerProcess):
+    """This process's settings for talking to `worker` (the web tier's side)."""
     layers = {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [f"redis://{REDIS[0]}:{REDIS[1]}/0"], "prefix": prefix},
-        }
+        "default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
     }
-    vault_key = generate_key()
-    with override_settings(
-        CHANNEL_LAYERS=layers, MEDIA_WORKER_MODE="external", MEDIA_WORKER_ID=prefix, VAULT_KEY=vault_key
-    ):
+    return override_settings(
+        CHANNEL_LAYERS=layers, MEDIA_WORKER_MODE="external", MEDIA_WORKER_ID=worker.worker_id, VAULT_KEY=""
+    )
+
+
+def hang_up_live_calls(worker: WorkerProcess) -> None:
+    """Every live call the test left on `worker` ends through it (the worker ends the row)."""
+    def live():
+        return Call.objects.filter(worker_id=worker.worker_id, state=CallState.LIVE)
+
+    for call in live():
+        tell_worker(call, {"type": "call.event", "event": "hangup", "supervisor": None})
+    wait_until(lambda: not live().exists(), TEARDOWN_TIMEOUT_S, "the worker to hang up the test's calls")
+
+
+@pytest.fixture
+def media_worker(worker_process, transactional_db):
+    with routed_to(worker_process):
         get_vault.cache_clear()
-        yield prefix
+        yield worker_process
+        hang_up_live_calls(worker_process)
     get_vault.cache_clear()
 
 
 class LoopThread:
-    """An event loop in a thread, for a coroutine that runs until cancelled."""
+    """One event loop in a daemon thread for the module's channel-layer listeners."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
-    def submit(self, coro):
+    def run(self, coro, timeout: float = 5.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def spawn(self, coro) -> asyncio.Future:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def stop(self) -> None:
-        self.submit(self._cancel_all()).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-        self.loop.close()
-
-    @staticmethod
-    async def _cancel_all() -> None:
-        from channels.layers import get_channel_layer
-
-        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await get_channel_layer().flush()
-
-
-class WorkerHandle:
-    def __init__(self, rtp_timeout_s: float) -> None:
-        self.runner = LoopThread()
-        self.worker = MediaWorker(host="127.0.0.1", rtp_timeout_s=rtp_timeout_s, session_hub=MediaHub())
-        self.future = self.runner.submit(self.worker.run())
-        self.runner.submit(self.worker.ready.wait()).result(10)
-
-    def call(self, call_id) -> object:
-        """The worker's in-memory call, once it has bound its ports."""
-        return self.runner.submit(self._bound(str(call_id))).result(5)
-
-    async def _bound(self, call_id: str):
-        while call_id not in self.worker.relay.calls:
-            await asyncio.sleep(0.01)
-        return self.worker.relay.calls[call_id]
-
-    def stop(self) -> None:
-        self.runner.stop()
-
-
-@pytest.fixture
-def media_worker(transactional_db, redis_layer):
-    from django.db import connection
-
-    if connection.vendor == "sqlite":
-        # The worker's thread writes while the test reads: SQLite's shared-cache
-        # test database answers "table is locked" instead of waiting.
-        missing("the media worker tests need PostgreSQL (DATABASE_URL), as in CI")
-    handle = WorkerHandle(rtp_timeout_s=30)
-    yield handle
-    handle.stop()
 
 
 class GroupListener:
-    """Collects what the channel layer sends to a group (what an agent page receives)."""
+    """What the channel layer delivers to a group: what an agent page receives."""
 
-    def __init__(self, group: str) -> None:
-        from channels.layers import get_channel_layer
-
+    def __init__(self, runner: LoopThread, layer, group: str) -> None:
+        self.runner, self.layer, self.group = runner, layer, group
         self.messages: list[tuple[float, dict]] = []
-        self.layer = get_channel_layer()
-        self.runner = LoopThread()
-        self.runner.submit(self._subscribe(group)).result(5)
-        self.runner.submit(self._collect())
+        self.channel = runner.run(self._subscribe())
+        self.task = runner.spawn(self._collect())
 
-    async def _subscribe(self, group: str) -> None:
-        self.channel = await self.layer.new_channel()
-        await self.layer.group_add(group, self.channel)
+    async def _subscribe(self) -> str:
+        channel = await self.layer.new_channel("test.")
+        await self.layer.group_add(self.group, channel)
+        return channel
 
     async def _collect(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             message = await self.layer.receive(self.channel)
-            self.messages.append((loop.time(), message))
+            self.messages.append((time.monotonic(), message))
 
     def wait_for(self, predicate, timeout: float = 5.0) -> dict:
-        import time
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for _at, message in list(self.messages):
                 if predicate(message):
                     return message
-            time.sleep(0.01)
+            time.sleep(0.005)
         raise AssertionError(f"no matching message; got {[m for _t, m in self.messages][-5:]}")
 
+    def arrival(self, predicate) -> float:
+        """When the first message matching `predicate` arrived (time.monotonic)."""
+        return next(at for at, message in self.messages if predicate(message))
+
     def stop(self) -> None:
-        self.runner.stop()
+        self.task.cancel()
+        self.runner.run(self.layer.group_discard(self.group, self.channel))
+
+
+@pytest.fixture(scope="module")
+def listener_loop():
+    runner = LoopThread()
+    yield runner
+    runner.stop()
 
 
 @pytest.fixture
-def listen():
-    listeners = []
+def listen(listener_loop, media_worker):
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()  # the Redis layer of `routed_to`, this test's
+    listeners: list[GroupListener] = []
 
     def make(group: str) -> GroupListener:
-        listeners.append(GroupListener(group))
+        listeners.append(GroupListener(listener_loop, layer, group))
         return listeners[-1]
 
     yield make

@@ -31,6 +31,7 @@ def test_login_page_and_agent_login(alpha):
     assert client.get(reverse("home")).status_code == 200
 
 
+@pytest.mark.real_password_hashing
 def test_passwords_are_hashed_with_argon2(alpha):
     assert get_user_model().objects.get(username="alpha-agent").password.startswith("argon2$")
 

@@ -64,6 +64,7 @@ def test_create_tenant_seeds_default_template(db):
     assert template.fields.get(key="amount").required
 
 
+@pytest.mark.real_password_hashing
 def test_create_user_and_api_key(db):
     call_command("create_tenant", "--slug", "acme", "--name", "Acme")
     call_command(
