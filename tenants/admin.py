@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db import models
 
 from tenants.models import ApiKey, FieldType, Membership, PageTemplate, PrefillMapping, Role, TemplateField, Tenant
 from tenants.scoping import role_of_user, tenant_of_user
@@ -19,10 +20,15 @@ def may_administer_tenant(request) -> bool:
     return request.user.is_superuser or (request.user.is_staff and is_tenant_admin(request))
 
 
+# Addresses typed without a scheme are https (Django 6's default, chosen now).
+HTTPS_URL_FIELDS = {models.URLField: {"assume_scheme": "https"}}
+
+
 class TenantScopedAdmin(admin.ModelAdmin):
     """Base for every tenant-owned model: queryset, permissions and saves are walled."""
 
     tenant_field = "tenant"
+    formfield_overrides = HTTPS_URL_FIELDS
 
     def _tenant_lookup(self, request) -> dict:
         return {self.tenant_field: tenant_of_user(request.user)}
@@ -67,6 +73,7 @@ class TenantScopedAdmin(admin.ModelAdmin):
 
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
+    formfield_overrides = HTTPS_URL_FIELDS
     list_display = ("name", "slug", "currency", "default_locale")
     # The integration needs the secret to verify webhooks and sign launch links;
     # it is shown to the tenant's own admins and changed only by rotation.
