@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from media.codecs import read_wav  # noqa: E402
 from media.dtmf import KEYS, BatchDtmfDetector, DtmfDetector, detect  # noqa: E402
-from media.masker import StreamingMasker  # noqa: E402
+from media.masker import BatchStreamingMasker, StreamingMasker  # noqa: E402
 from tests.media.signals import (  # noqa: E402
     SPEECH_TEXTS,
     band_noise,
@@ -45,6 +45,9 @@ from tests.media.signals import (  # noqa: E402
 
 START, END = "<!-- bench:dsp:start -->", "<!-- bench:dsp:end -->"
 FS = 8000
+# The masker before the batched core (per-call StreamingMasker at ~190 us/frame),
+# loaded from git so that "before" stays measurable on this machine.
+BASELINE_REV = "433ad65"
 
 
 @dataclass
@@ -231,6 +234,62 @@ def speed_batch(pool: list[np.ndarray], n: int = 1000, seconds: float = 4.0) -> 
     return n * seconds / (time.process_time() - t)
 
 
+def baseline_masker() -> type | None:
+    """StreamingMasker as of BASELINE_REV (media/dtmf.py + media/masker.py from git)."""
+    import importlib.util
+
+    tmp = Path(tempfile.mkdtemp(prefix="dsp-baseline-"))
+    try:
+        for name in ("dtmf", "masker"):
+            src = subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{BASELINE_REV}:media/{name}.py"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            (tmp / f"media_baseline_{name}.py").write_text(
+                src.replace("from media.dtmf import", "from media_baseline_dtmf import")
+            )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    for name in ("dtmf", "masker"):  # dtmf first: the masker imports it
+        spec = importlib.util.spec_from_file_location(f"media_baseline_{name}", tmp / f"media_baseline_{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return sys.modules["media_baseline_masker"].StreamingMasker
+
+
+def masker_us_per_frame(cls: type, pcm: np.ndarray) -> float:
+    """CPU us per 20 ms frame of one StreamingMasker (best of 3 runs: noise on a shared box)."""
+    best = float("inf")
+    for _ in range(3):
+        masker = cls()
+        t = time.process_time()
+        for pos in range(0, pcm.size - 159, 160):
+            masker.push(pcm[pos : pos + 160])
+        best = min(best, (time.process_time() - t) / (pcm.size // 160))
+    return best * 1e6
+
+
+def speed_masker_batch(pool: list[np.ndarray], n: int, seconds: float = 4.0) -> tuple[float, float]:
+    """BatchStreamingMasker over n streams: (CPU us per stream per frame, p99 ms per push)."""
+    rng = np.random.default_rng(2)
+    length = int(seconds * FS)
+    long = np.concatenate(pool)
+    starts = rng.integers(0, long.size - length, size=n)
+    block = np.stack([long[s : s + length] for s in starts])
+    masker = BatchStreamingMasker(n)
+    times = []
+    for pos in range(0, length, 160):
+        t = time.process_time()
+        masker.push(block[:, pos : pos + 160])
+        times.append(time.process_time() - t)
+    frames = len(times)
+    return sum(times) / frames / n * 1e6, float(np.percentile(times, 99)) * 1e3
+
+
 def speed_spandsp(sp: Spandsp, pcm: np.ndarray) -> float:
     t = time.process_time()
     sp.detect(pcm)
@@ -299,6 +358,10 @@ def main() -> int:
     mixed = np.concatenate(pool)[: 60 * FS]
     single, masker_speed = speed_single(mixed)
     batched = speed_batch(pool)
+    old_masker = baseline_masker()
+    mask_before = masker_us_per_frame(old_masker, mixed[: 20 * FS]) if old_masker else float("nan")
+    mask_after = masker_us_per_frame(StreamingMasker, mixed[: 20 * FS])
+    mask_batch = {n: speed_masker_batch(pool, n) for n in (500, 1000)}
     sp_speed = speed_spandsp(spandsp, mixed) if spandsp is not None else float("nan")
 
     names = list(decoders)
@@ -339,6 +402,19 @@ def main() -> int:
         f"| this receiver, 1,000 streams batched (`BatchDtmfDetector`) | {batched:.0f} |",
         f"| this masker (receiver + onset detector), 1 stream | {masker_speed:.0f} |",
         f"| spandsp dtmf_rx, 1 stream (C) | {fmt(sp_speed, 0)} |",
+        "",
+        "Masker cost per call (CPU time per 20 ms frame, one core; frames of the same mixed corpus; the 20 ms "
+        "frame is the budget of one core, so calls per core = 20,000 us / (us per stream)):",
+        "",
+        "| masker | us per stream per frame | x real time | p99 ms per push (all streams) |",
+        "| --- | --- | --- | --- |",
+        f"| `StreamingMasker`, 1 stream, before (git {BASELINE_REV}) | {fmt(mask_before)} "
+        f"| {fmt(20000 / mask_before, 0)} | |",
+        f"| `StreamingMasker`, 1 stream, after | {fmt(mask_after)} | {fmt(20000 / mask_after, 0)} | |",
+    ]
+    for n, (us, p99) in mask_batch.items():
+        lines.append(f"| `BatchStreamingMasker`, {n:,} streams | {fmt(us)} | {fmt(20000 / us, 0)} | {fmt(p99, 2)} |")
+    lines += [
         "",
         "Masking (`StreamingMasker`, hold-back 30 ms, 20 ms frames) over every item with key tones "
         "(must-reject tones included: fail closed):",

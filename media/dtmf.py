@@ -31,6 +31,7 @@ How it works (spandsp-like ``init -> feed -> events``, but finer in time):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,6 +86,16 @@ def _basis(freqs: tuple[int, ...]) -> np.ndarray:
     return np.round(basis * _BASIS_SCALE) / _BASIS_SCALE
 
 
+_ROT_PERIOD = SAMPLE_RATE // math.gcd(BLOCK, SAMPLE_RATE)  # blocks per whole second
+
+
+def _rotation(freqs: np.ndarray) -> np.ndarray:
+    """exp(-j 2 pi f t0) for the start t0 of every block of one second (integer f)."""
+    starts = (np.arange(_ROT_PERIOD, dtype=np.int64) * BLOCK) % SAMPLE_RATE
+    phase = 2 * np.pi * ((starts[:, None] * freqs[None, :]) % SAMPLE_RATE) / SAMPLE_RATE
+    return np.cos(phase) - 1j * np.sin(phase)
+
+
 class BlockAnalyzer:
     """Cuts n parallel streams into 2.5 ms blocks and correlates them with a set
     of integer frequencies (default: the 8 DTMF ones, in FREQS order)."""
@@ -93,10 +104,35 @@ class BlockAnalyzer:
         self.n = n_streams
         self.freqs = np.array(freqs, dtype=np.int64)
         self.basis = _basis(freqs)
+        self.rotation = _rotation(self.freqs)
         self.pending = np.zeros((n_streams, 0), dtype=np.float64)
         self.blocks_done = 0
+        # Block index at which each stream (re)started: phases are per stream.
+        self.origin = np.zeros(n_streams, dtype=np.int64)
         self.x_hist = np.zeros((n_streams, HISTORY_BLOCKS, len(freqs)), dtype=np.complex128)
         self.e_hist = np.zeros((n_streams, HISTORY_BLOCKS), dtype=np.float64)
+
+    def reset_stream(self, i: int) -> None:
+        """Start stream i afresh at the current block (its block 0, silent history).
+        Only between blocks: with a partial block pending, streams would disagree."""
+        if self.pending.shape[1]:
+            raise RuntimeError("reset_stream needs block-aligned input (a multiple of BLOCK samples)")
+        self.origin[i] = self.blocks_done
+        self.x_hist[i] = 0
+        self.e_hist[i] = 0
+
+    def resize(self, n_streams: int) -> None:
+        """Grow to n_streams streams; new streams start at the current block."""
+        if self.pending.shape[1]:
+            raise RuntimeError("resize needs block-aligned input (a multiple of BLOCK samples)")
+        extra = n_streams - self.n
+        if extra < 0:
+            raise ValueError("streams can only be added")
+        self.pending = np.zeros((n_streams, 0), dtype=np.float64)
+        self.origin = np.concatenate([self.origin, np.full(extra, self.blocks_done, dtype=np.int64)])
+        self.x_hist = np.concatenate([self.x_hist, np.zeros((extra, *self.x_hist.shape[1:]), self.x_hist.dtype)])
+        self.e_hist = np.concatenate([self.e_hist, np.zeros((extra, HISTORY_BLOCKS))])
+        self.n = n_streams
 
     def push(self, samples: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
         """Add samples (n, m); return (first new block index, X, E) where X/E hold
@@ -107,11 +143,15 @@ class BlockAnalyzer:
         k0 = self.blocks_done
         blocks = data[:, : k * BLOCK].reshape(self.n, k, BLOCK)
         corr = blocks @ self.basis  # exact: integer samples x 2**-24-quantised basis
-        starts = (np.arange(k0, k0 + k, dtype=np.int64) * BLOCK) % SAMPLE_RATE
-        phase = 2 * np.pi * ((starts[:, None] * self.freqs[None, :]) % SAMPLE_RATE) / SAMPLE_RATE
-        rot = np.cos(phase) - 1j * np.sin(phase)  # block start -> absolute stream phase
+        # Block start -> absolute stream phase; a table lookup (the phases repeat
+        # every second) gives the very values the formula in _rotation gives.
+        local = np.arange(k0, k0 + k, dtype=np.int64)
+        if self.origin.any():
+            rot = self.rotation[(local[None, :] - self.origin[:, None]) % _ROT_PERIOD]
+        else:
+            rot = self.rotation[local % _ROT_PERIOD][None]
         nf = self.freqs.size
-        x_new = (corr[..., :nf] + 1j * corr[..., nf:]) * rot[None]
+        x_new = (corr[..., :nf] + 1j * corr[..., nf:]) * rot
         e_new = np.einsum("nkb,nkb->nk", blocks, blocks)
         x = np.concatenate([self.x_hist, x_new], axis=1)
         e = np.concatenate([self.e_hist, e_new], axis=1)
@@ -182,24 +222,53 @@ class BatchDtmfDetector:
         if self.flushed:
             raise RuntimeError("detector already flushed")
         self.samples_in += block.shape[1]
-        return self.process(*self.analyzer.push(block))
+        k0, x, e = self.analyzer.push(block)
+        return self.process(k0 - self.analyzer.origin, x, e)
 
     def flush(self) -> list[list[KeyPress]]:
         """End of stream: pad with silence so open key presses end, return them."""
         if self.flushed:
             return [[] for _ in range(self.n)]
         pad = (-self.analyzer.pending.shape[1]) % BLOCK + (GAP_FRAMES + LOW_BLOCKS + 4) * BLOCK
-        out = self.process(*self.analyzer.push(np.zeros((self.n, pad))))
+        k0, x, e = self.analyzer.push(np.zeros((self.n, pad)))
+        out = self.process(k0 - self.analyzer.origin, x, e)
         self.flushed = True
         limit = 1000.0 * self.samples_in / SAMPLE_RATE
         return [[_clip(kp, limit) for kp in presses] for presses in out]
 
-    def process(self, k0: int, x: np.ndarray, e: np.ndarray) -> list[list[KeyPress]]:
-        """Frame decisions for blocks k0.. (output of BlockAnalyzer.push)."""
+    def reset_stream(self, i: int) -> None:
+        """Start stream i afresh (a new call in a reused slot): its frame numbers,
+        and so its key press times, count from the current block again."""
+        self.analyzer.reset_stream(i)
+        self.w_lo_hist[i] = 0
+        self.w_hi_hist[i] = 0
+        self.cand_hist[i] = -1
+        self.amp_ring[i] = 0
+        self.states[i] = _StreamState()
+
+    def resize(self, n_streams: int) -> None:
+        """Grow to n_streams streams; the new ones start at the current block."""
+        extra = n_streams - self.n
+        self.analyzer.resize(n_streams)
+
+        def grow(a: np.ndarray, fill: float) -> np.ndarray:
+            return np.concatenate([a, np.full((extra, *a.shape[1:]), fill, dtype=a.dtype)])
+
+        self.w_lo_hist, self.w_hi_hist = grow(self.w_lo_hist, 0), grow(self.w_hi_hist, 0)
+        self.cand_hist, self.amp_ring = grow(self.cand_hist, -1), grow(self.amp_ring, 0)
+        self.states += [_StreamState() for _ in range(extra)]
+        self.n = n_streams
+
+    def process(self, k0: int | np.ndarray, x: np.ndarray, e: np.ndarray) -> list[list[KeyPress]]:
+        """Frame decisions for blocks k0.. (output of BlockAnalyzer.push); k0 may
+        be one number per stream (streams started at different blocks)."""
         count = x.shape[1] - HISTORY_BLOCKS
         out: list[list[KeyPress]] = [[] for _ in range(self.n)]
         if count <= 0:
             return out
+        k0s = [int(k0)] * self.n if np.ndim(k0) == 0 else np.asarray(k0).tolist()
+        # Plain fancy indexing instead of take_along_axis (same values, less overhead).
+        ii, kk = np.arange(self.n)[:, None], np.arange(count)[None, :]
         w_lo = window_sum(x[..., :4], LOW_BLOCKS, count)
         w_hi = window_sum(x[..., 4:], HIGH_BLOCKS, count)
         a_lo = np.abs(w_lo) * (2.0 / (LOW_BLOCKS * BLOCK))
@@ -212,7 +281,7 @@ class BatchDtmfDetector:
         # Level, twist and energy share one 10 ms window so that partly filled
         # windows at a tone's edges cannot fake a smaller twist.
         w_lo10 = window_sum(x[..., :4], HIGH_BLOCKS, count)
-        q_lo = np.abs(np.take_along_axis(w_lo10, i_lo[..., None], axis=2)[..., 0]) * (2.0 / (HIGH_BLOCKS * BLOCK))
+        q_lo = np.abs(w_lo10[ii, kk, i_lo]) * (2.0 / (HIGH_BLOCKS * BLOCK))
         energy = window_sum(e, HIGH_BLOCKS, count)
         twist = q_lo / np.maximum(p_hi, 1e-9)
         valid = (
@@ -230,11 +299,10 @@ class BatchDtmfDetector:
         wl = np.concatenate([self.w_lo_hist, w_lo], axis=1)
         wh = np.concatenate([self.w_hi_hist, w_hi], axis=1)
         ch = np.concatenate([self.cand_hist, cand], axis=1)
-        idx_lo, idx_hi = i_lo[..., None], i_hi[..., None]
-        now_lo = np.take_along_axis(w_lo, idx_lo, axis=2)[..., 0]
-        now_hi = np.take_along_axis(w_hi, idx_hi, axis=2)[..., 0]
-        then_lo = np.take_along_axis(wl[:, :count], idx_lo, axis=2)[..., 0]
-        then_hi = np.take_along_axis(wh[:, :count], idx_hi, axis=2)[..., 0]
+        now_lo = w_lo[ii, kk, i_lo]
+        now_hi = w_hi[ii, kk, i_hi]
+        then_lo = wl[ii, kk, i_lo]  # wl[:, :count]: LAG_FRAMES earlier
+        then_hi = wh[ii, kk, i_hi]
         same = valid & (ch[:, :count] == cand)
         pp_lo = np.where(same, now_lo * np.conj(then_lo), 0)
         pp_hi = np.where(same, now_hi * np.conj(then_hi), 0)
@@ -244,8 +312,6 @@ class BatchDtmfDetector:
 
         amps = np.concatenate([self.amp_ring, np.concatenate([a_lo, a_hi], axis=2)], axis=1)
         self.amp_ring = amps[:, -RING:]
-        base = k0 - RING  # frame number of amps[:, 0]
-        end_frame = k0 + count
         # Python only touches candidate frames and open segments, in bulk lists.
         rows, rels = np.nonzero(valid)
         values = zip(
@@ -265,7 +331,8 @@ class BatchDtmfDetector:
             if st.segment is not None and i not in per_stream:
                 per_stream[i] = []
         for i, items in per_stream.items():
-            out[i] = self._run_stream(self.states[i], k0, end_frame, base, amps[i], items)
+            k = k0s[i]  # base = k - RING is the frame number of amps[i, 0]
+            out[i] = self._run_stream(self.states[i], k, k + count, k - RING, amps[i], items)
         return out
 
     def _run_stream(self, st, k0, end_frame, base, amps, items) -> list[KeyPress]:

@@ -206,3 +206,20 @@ def test_bad_arguments():
     ):
         with pytest.raises(IndexError):
             call()
+
+
+def test_reset_stream_restarts_the_analysis_phase_reference():
+    # A stream started later must see the very block values a fresh stream sees
+    # (absolute phase counted from its own sample 0), not merely close ones.
+    from media.dtmf import BlockAnalyzer
+
+    rng = np.random.default_rng(3)
+    x = rng.integers(-9000, 9000, size=(2, 1600)).astype(np.float64)
+    shared = BlockAnalyzer(2)
+    shared.push(x[:, :460])
+    shared.reset_stream(1)
+    fresh = BlockAnalyzer(1)
+    for pos in range(0, 1600, 160):
+        _, got, _ = shared.push(np.stack([x[0, pos : pos + 160], x[1, pos : pos + 160]]))
+        _, want, _ = fresh.push(x[1:, pos : pos + 160])
+        assert np.array_equal(got[1], want[0])
