@@ -145,6 +145,7 @@ class Leg:
         self.role = role
         self.mode = mode
         self.peer: tuple[str, int] | None = None
+        self.ssrc: int | None = None  # of the inbound stream
         self.reorder = ReorderBuffer()
         self.timeline = InboundTimeline()
         self.outbound = OutboundStream(rng)
@@ -176,6 +177,10 @@ class KeySource:
         self.offset_ms = offset_ms  # subtract: detector times run ahead of the stream by this
         self.tracker: EventTracker | None = None
         self.merger = KeyPressMerger()
+
+    def restart(self) -> None:
+        """A new inbound stream: its event timestamps are placed from the restarted timeline."""
+        self.tracker = None
 
     def event(self, packet: RtpPacket, base: int) -> tuple[list[KeyPress], float | None]:
         """Feed a telephone-event packet: (presses completed, start of the press in progress)."""
@@ -275,6 +280,10 @@ class Call:
             return out
         self.last_activity = now
         leg.received += 1
+        if packet.ssrc != leg.ssrc:
+            if leg.ssrc is not None:
+                self._new_inbound_stream(leg, packet)
+            leg.ssrc = packet.ssrc
         for ordered in leg.reorder.push(packet):
             if leg is self.caller:
                 self._from_caller(ordered, out)
@@ -283,6 +292,16 @@ class Call:
             else:
                 self._from_supervisor(leg, ordered)
         return out
+
+    def _new_inbound_stream(self, leg: Leg, packet: RtpPacket) -> None:
+        """The peer's phone started a new stream (new SSRC: re-INVITE, transfer, a
+        second handset): its own sequence and timestamps, continuing our timeline."""
+        leg.reorder = ReorderBuffer()
+        leg.timeline.restart(packet.timestamp)
+        if leg is self.caller:
+            self.caller_keys.restart()
+        elif leg is self.agent:
+            self.agent_keys.restart()
 
     def _from_caller(self, packet: RtpPacket, out: Received) -> None:
         timeline = self.caller.timeline

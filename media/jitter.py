@@ -6,6 +6,10 @@ most `depth` later packets are queued (at 20 ms packets, depth 2 tolerates
 delay in the common case); then it is declared lost and the stream moves on.
 Duplicates and packets older than what was already released are dropped and
 counted. Sequence numbers wrap at 2**16.
+
+A sender that restarts its sequence numbers (a new stream, a device replaying
+captured packets) is followed, as RFC 3550 A.1 does for large jumps: two
+consecutive packets far behind the released position start the stream anew.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from media.rtp import RtpPacket
 
 SEQ_MOD = 1 << 16
+RESTART_BEHIND = 16  # packets (320 ms at 20 ms): later than this is a new stream, not reordering
 
 
 def seq_delta(a: int, b: int) -> int:
@@ -25,6 +30,7 @@ class ReorderBuffer:
         self.depth = depth
         self._expected: int | None = None
         self._held: dict[int, RtpPacket] = {}
+        self._restart_candidate: RtpPacket | None = None  # far behind: the first of a restarted stream?
         self.late = 0  # duplicates or packets older than the released position
         self.lost = 0  # sequence numbers given up on
 
@@ -33,6 +39,8 @@ class ReorderBuffer:
         if self._expected is None:
             self._expected = packet.sequence
         ahead = seq_delta(self._expected, packet.sequence)
+        if ahead < -RESTART_BEHIND:
+            return self._maybe_restart(packet)
         if ahead < 0 or packet.sequence in self._held:
             self.late += 1
             return []
@@ -59,6 +67,18 @@ class ReorderBuffer:
             self._expected = oldest
             out += self._release_in_order()
         return out
+
+    def _maybe_restart(self, packet: RtpPacket) -> list[RtpPacket]:
+        candidate, self._restart_candidate = self._restart_candidate, packet
+        if candidate is None or seq_delta(candidate.sequence, packet.sequence) != 1:
+            if candidate is not None:
+                self.late += 1  # a lone straggler after all
+            return []
+        self._restart_candidate = None
+        released = self.flush()  # what the old stream still held, then the new stream from its first packet
+        self._expected = candidate.sequence
+        self._held = {candidate.sequence: candidate, packet.sequence: packet}
+        return released + self._release_in_order()
 
     def _release_in_order(self) -> list[RtpPacket]:
         out = []

@@ -36,6 +36,7 @@ Daphne event loop, started by the first call the API creates (`ensure_inprocess`
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from dataclasses import dataclass, field
 
@@ -153,7 +154,7 @@ class MediaWorker:
             self.relay.send_reports()
             started = {call_id: link.started for call_id, link in self.links.items()}
             for call_id in self.relay.idle_calls(self.rtp_timeout_s, started):
-                self.relay.close_call(call_id)  # stop relaying now; the rest in order
+                self._stop_relaying(call_id, EndReason.RTP_TIMEOUT)  # now; the rest in order
                 self._jobs.put_nowait(self._end_call(call_id, EndReason.RTP_TIMEOUT, BreakReason.LINK_LOST))
             for call_id, link in self.links.items():
                 call = self.relay.calls.get(call_id)
@@ -230,7 +231,7 @@ class MediaWorker:
     async def _event(self, call_id: str, event: str, supervisor: str | None) -> None:
         link = self.links[call_id]
         if event == "hangup":
-            self.relay.close_call(call_id)
+            self._stop_relaying(call_id, EndReason.HANGUP)
             await self._end_call(call_id, EndReason.HANGUP, BreakReason.HANGUP)
             return
         if event == "unhold":
@@ -273,8 +274,19 @@ class MediaWorker:
         if secure_effect and mode == media_calls.BARGE and previous != media_calls.BARGE:
             await self._break(call_id, BreakReason.BARGE)
 
+    def _stop_relaying(self, call_id: str, end_reason: str) -> None:
+        """Close the call's sockets and log its packet counters (operators watch the drops)."""
+        call = self.relay.close_call(call_id)
+        if call is not None:
+            received = {leg.name: leg.received for leg in call.legs}
+            lost = sum(leg.reorder.lost for leg in call.legs)
+            logger.info(
+                "media worker %s: call %s ended (%s): received %s, lost %d, dropped %s",
+                self.worker_id, call_id, end_reason, received, lost, dict(sorted(call.dropped.items())),
+            )  # fmt: skip
+
     async def _end_call(self, call_id: str, end_reason: str, break_reason: str) -> None:
-        self.relay.close_call(call_id)
+        self._stop_relaying(call_id, end_reason)
         link = self.links.pop(call_id, None)
         if link is None:
             return
@@ -329,5 +341,8 @@ async def ensure_inprocess() -> None:
     task = _inprocess.get(id(loop))
     if task is None or task.done():
         worker = MediaWorker()
-        _inprocess[id(loop)] = loop.create_task(worker.run())
+        # A fresh context: started from a request, the task would inherit asgiref's
+        # per-request executor, which quits with the request and breaks every later
+        # database_sync_to_async of the worker.
+        _inprocess[id(loop)] = loop.create_task(worker.run(), context=contextvars.Context())
         await worker.ready.wait()

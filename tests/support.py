@@ -38,3 +38,15 @@ def require_tcp(host: str, port: int, what: str) -> None:
             return
     except OSError as exc:
         missing(f"{what} not reachable at {host}:{port} ({exc})")
+
+
+def udp_port_bound(port: int) -> bool:
+    """Whether some socket on this host has bound the UDP port (read from /proc,
+    so the check itself never takes the port)."""
+    wanted = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as lines:
+            next(lines)
+            if any(line.split()[1].endswith(wanted) for line in lines):
+                return True
+    return False

@@ -10,19 +10,23 @@ plays the caller's phone.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support import missing
+from media.phones import Phones
+from media.softphone import caller_packets, silence_packets
+from tests.support import missing, udp_port_bound
 
 pytestmark = pytest.mark.browser
 
@@ -37,6 +41,7 @@ APPROVING_CARD = "4242424242424242"
 EXPIRY = "1239"
 CVV = "737"
 TIMEOUT_MS = 10_000
+AUDIO_TIMEOUT_MS = 15_000
 
 
 def free_port() -> int:
@@ -65,6 +70,7 @@ def server(tmp_path_factory):
         "DEBUG": "1",
         "SITE_URL": base_url,
         "MEDIA_WORKER_MODE": "inprocess",
+        "MEDIA_WORKER_ID": f"browser-{port}",  # its own worker group, even on a shared Redis
         "KEYPAD_SIMULATOR_ENABLED": "1",
         "CELERY_TASK_ALWAYS_EAGER": "1",  # the charge runs in the server process, like the demo
     }
@@ -264,3 +270,54 @@ def check_no_card_data(recorder: Recorder) -> None:
             message = json.loads(frame)
             assert message["type"] == "session.state" and message["status"] == "approved"
             assert message["result"]["last4"] == APPROVING_CARD[-4:]
+
+
+def api_post(server, path: str, body: dict) -> dict:
+    request = urllib.request.Request(server["url"] + path, data=json.dumps(body).encode(), method="POST", headers={
+        "Authorization": f"Bearer {server['api_key']}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_a_real_call_keys_stars_into_the_agent_page(server, browser):
+    """RTP on loopback to the media worker running inside Daphne (the demo's in-process mode)."""
+    from playwright.sync_api import expect
+
+    created = create_session(server)
+    session_path = created["launch_url"].removeprefix(server["url"])
+    context = browser.new_context(locale="en-GB")
+    agent, agent_login = login(context, server, "acme-agent", session_path)
+    recorder = Recorder(agent)
+    agent_login()
+    agent.click("#next")
+
+    call = api_post(server, "/api/v1/calls/", {"reference": "browser-test"})
+    deadline = time.monotonic() + 5
+    while not (udp_port_bound(call["caller_port"]) and udp_port_bound(call["agent_port"])):
+        assert time.monotonic() < deadline, "the in-process media worker did not bind the call's ports"
+        time.sleep(0.02)
+    api_post(server, f"/api/v1/calls/{call['id']}/link/", {"code": created["code"]})
+    expect(agent.locator("#secure-indicator")).to_have_attribute("data-secure", "secured")
+
+    sent, _audio = caller_packets(APPROVING_CARD + EXPIRY + CVV)
+    host = call["host"]
+    schedule = [(at, "caller", data, (host, call["caller_port"])) for at, data in sent]
+    schedule += [(at, "agent", data, (host, call["agent_port"])) for at, data in silence_packets(sent[-1][0] + 0.4)]
+    phones = Phones(["caller", "agent"])
+    # Playwright's sync API owns this thread's event loop: the phones get their own thread.
+    playing = threading.Thread(target=asyncio.run, args=(phones.play(schedule),))
+    playing.start()
+    try:
+        # Real time: the caller's 23 keys take ~5 s of audio.
+        expect(stars(agent, "pan")).to_have_text("*" * 16, timeout=AUDIO_TIMEOUT_MS)
+        expect(stars(agent, "expiry")).to_have_text("*" * 4, timeout=AUDIO_TIMEOUT_MS)
+        expect(stars(agent, "cvv")).to_have_text("*" * 3, timeout=AUDIO_TIMEOUT_MS)
+        expect(agent.locator("#process")).to_be_enabled()
+    finally:
+        playing.join(15)
+        phones.close()
+    assert len(phones.received["agent"]) > 0.8 * len(sent)  # the agent leg was relayed (masked)
+    context.close()
+    assert recorder.frames
+    for text in recorder.frames + recorder.documents:
+        assert APPROVING_CARD not in text and APPROVING_CARD[:6] not in text

@@ -102,18 +102,6 @@ class WorkerProcess:
                 self.process.wait(5)
 
 
-def udp_port_bound(port: int) -> bool:
-    """Whether some socket on this host has bound the UDP port (read from /proc,
-    so the check itself never takes the port)."""
-    wanted = f":{port:04X}"
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        with open(table) as lines:
-            next(lines)
-            if any(line.split()[1].endswith(wanted) for line in lines):
-                return True
-    return False
-
-
 def wait_until(predicate, timeout: float = 3.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -16,8 +16,8 @@ from media.softphone import caller_packets, silence_packets
 from securepay.calls import Call, CallState
 from securepay.live import session_group
 from securepay.models import PaymentSession
-from tests.media_service.conftest import udp_port_bound, wait_until
-from tests.support import require_binary
+from tests.media_service.conftest import wait_until
+from tests.support import require_binary, udp_port_bound
 
 CARD_KEYS = "4242424242424242#1228123"
 
@@ -49,16 +49,25 @@ def play(
     mode: str = "inband",
     extra_legs: dict | None = None,
     phones: Phones | None = None,
+    extra_schedule: list | None = None,
+    transform_caller=None,
+    leg_packets: dict | None = None,
 ) -> Phones:
     """Caller keys `keys`; the agent's (and supervisors') handsets send silence and record.
-    Pass the same `phones` to go on with the same handsets (the worker latches their addresses)."""
+    Pass the same `phones` to go on with the same handsets (the worker latches their addresses).
+    `transform_caller` rewrites the caller's (send time, datagram) list (jitter, duplicates);
+    `leg_packets` gives a leg other packets than silence; `extra_schedule` adds raw sends."""
     sent, _audio = caller_packets(keys, mode, event_payload_type=call["event_payload_type"])
     duration = sent[-1][0] + 0.4
+    if transform_caller is not None:
+        sent = transform_caller(sent)
     host = call["host"]
     schedule = [(at, "caller", data, (host, call["caller_port"])) for at, data in sent]
     legs = {"agent": call["agent_port"], **(extra_legs or {})}
     for name, port in legs.items():
-        schedule += [(at, name, data, (host, port)) for at, data in silence_packets(duration)]
+        packets = (leg_packets or {}).get(name) or silence_packets(duration)
+        schedule += [(at, name, data, (host, port)) for at, data in packets]
+    schedule += extra_schedule or []
     phones = phones or Phones(["caller", *legs])
     asyncio.run(phones.play(schedule))
     return phones
@@ -100,7 +109,6 @@ def test_simulated_call_fills_stars_and_agent_hears_no_digit(media_worker, alpha
     is_green = lambda m: m.get("type") == "session.state" and m["secure_state"] == "secured"  # noqa: E731
     pages.wait_for(is_green)
     green_after = pages.arrival(is_green) - sent_at
-    print("GREEN_MS", green_after * 1000)
     assert green_after < 0.2, f"page turned green {green_after * 1000:.0f} ms after the link request"
 
     phones = play(call)
