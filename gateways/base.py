@@ -36,6 +36,7 @@ AGENT_MESSAGES: dict[str, str] = {
     "limit_exceeded": "The card has reached a spending limit. Please ask the caller for another card.",
     "invalid_request": "The payment gateway refused the request. Please check the details and try again.",
     "over_refund": "The refund is more than is left to refund on this payment.",
+    "refund_not_received": "The payment gateway never received this refund, so nothing was refunded.",
     "processing_error": "The payment could not be processed. Please try again.",
     "gateway_unavailable": "The payment gateway is not answering. Please try again in a moment.",
     "authentication_failed": (
@@ -161,9 +162,11 @@ class GatewayAdapter(abc.ABC):
         """Save the card on file without charging it; the token is in the result."""
 
     @abc.abstractmethod
-    def reconcile(self, idempotency_key: str, *, reference: str) -> GatewayResult | None:
+    def reconcile(self, idempotency_key: str, *, reference: str, refund_of: str = "") -> GatewayResult | None:
         """After `GatewayOutcomeUnknown`: what became of the sale/preauthorisation
-        sent with this key. None means it certainly does not exist (retry is safe)."""
+        sent with this key, or with `refund_of` (the refunded payment's gateway
+        reference) of the refund sent with this key. None means it certainly does
+        not exist (retry is safe)."""
 
 
 def check_amount(amount_minor: int) -> None:

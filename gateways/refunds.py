@@ -3,7 +3,9 @@
 The attempt row is locked while the refundable amount is computed and the
 refund reserved (a pending Refund counts against it), so two concurrent
 requests cannot both take the last pound. The gateway call happens outside
-that lock, keyed by the Refund's id: a retried call never refunds twice.
+that lock, keyed by the Refund's id: a retried call never refunds twice. A
+refund whose outcome stayed unknown is settled later by the recovery sweep
+(gateways.recovery), which asks the gateway with the same key.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from gateways.models import Refund, RefundStatus, adapter_for_attempt
 from securepay.models import AttemptStatus, PaymentAttempt, PaymentSession
 
 logger = logging.getLogger(__name__)
+
+# The gateway certainly has no record of the refund: nothing moved, the amount is free again.
+REFUND_NOT_RECEIVED = GatewayResult("error", "refund_not_received", agent_message("refund_not_received"))
 
 
 class NothingToRefund(Exception):
@@ -56,8 +61,29 @@ def refund_payment(session: PaymentSession, amount_minor: int, actor: str) -> Re
     result = _refund_at_gateway(attempt, refund)
     if result is None:
         raise RefundOutcomeUnknown(refund)
+    return _settle(refund, result)
+
+
+def reconcile_refund(refund: Refund) -> Refund | None:
+    """Ask the gateway what became of a pending refund and settle it; None when it
+    cannot say now (the refund stays pending, its amount reserved)."""
+    attempt = refund.attempt
+    try:
+        found = adapter_for_attempt(attempt).reconcile(refund.idempotency_key, reference=attempt.session.reference,
+                                                       refund_of=attempt.gateway_reference)
+    except GatewayError as exc:
+        logger.warning("refund %s: reconcile failed (%s)", refund.pk, exc)
+        return None
+    return _settle(refund, found or REFUND_NOT_RECEIVED)
+
+
+def _settle(refund: Refund, result: GatewayResult) -> Refund:
+    """Store the gateway's answer once: an approved refund is booked, any other releases its reservation."""
     with transaction.atomic():
-        attempt = PaymentAttempt.objects.select_for_update().select_related("session").get(pk=approved.pk)
+        attempt = PaymentAttempt.objects.select_for_update().select_related("session").get(pk=refund.attempt_id)
+        refund = Refund.objects.select_for_update().get(pk=refund.pk)
+        if refund.status != RefundStatus.PENDING:
+            return refund  # the request and the recovery sweep both got an answer; the first one counts
         refund.attempt = attempt
         refund.status = result.status
         refund.gateway_reference = result.gateway_reference

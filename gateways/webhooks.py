@@ -2,6 +2,8 @@
 
 An event is written as a `WebhookDelivery` row in the same transaction as the
 change it reports, then handed to Celery by id once that transaction commits.
+The row is the record of truth (tries made, when the next is due): a Celery
+message lost on the way is sent again by the recovery sweep (gateways.recovery).
 Header (DESIGN.md [interface] webhooks):
 ``SecurePay-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<raw body>">``
 keyed by the tenant's webhook secret. See WEBHOOKS.md for receivers.
@@ -21,7 +23,7 @@ import requests
 from django.db import transaction
 from django.utils import timezone
 
-from gateways.config import WEBHOOK_TIMEOUT_SECONDS, webhook_retry_base_seconds
+from gateways.config import WEBHOOK_MAX_TRIES, WEBHOOK_TIMEOUT_SECONDS, webhook_retry_base_seconds
 from gateways.models import Refund, WebhookDelivery
 from securepay.models import PaymentAttempt, PaymentSession, Status
 from securepay.money import amount_from_minor
@@ -115,11 +117,12 @@ def _record(session: PaymentSession, event_type: str, fields: dict) -> WebhookDe
 
 
 # --- delivery ---------------------------------------------------------------------------
-def attempt_delivery(delivery_id: str, *, final_try: bool) -> bool:
-    """POST the event once; True when it is (or already was) delivered."""
+def attempt_delivery(delivery_id: str) -> WebhookDelivery:
+    """POST the event once and log the try. The row's `next_retry_at` says when
+    to try again: None once delivered or out of tries."""
     delivery = WebhookDelivery.objects.select_related("tenant").get(pk=delivery_id)
     if delivery.delivered:
-        return True  # a redelivered task
+        return delivery  # a redelivered task
     body = delivery.body.encode()
     headers = {"Content-Type": "application/json", "User-Agent": "SecurePay-Webhooks/1",
                SIGNATURE_HEADER: sign(delivery.tenant.webhook_secret, int(time.time()), body)}
@@ -137,12 +140,13 @@ def attempt_delivery(delivery_id: str, *, final_try: bool) -> bool:
     delivery.last_status_code = status_code
     delivery.last_error = error[:300]
     delivery.delivered_at = now if not error else None
+    tries_left = delivery.attempts < WEBHOOK_MAX_TRIES
     delivery.next_retry_at = (
-        None if not error or final_try else now + timedelta(seconds=retry_delay_seconds(delivery.attempts - 1))
+        now + timedelta(seconds=retry_delay_seconds(delivery.attempts - 1)) if error and tries_left else None
     )
     delivery.save(update_fields=["attempts", "last_status_code", "last_error", "delivered_at", "next_retry_at"])
     if error:
         logger.warning("webhook %s to tenant %s: try %d failed: %s", delivery.event_id, delivery.tenant.slug,
                        delivery.attempts, error)
-    return not error
+    return delivery
 

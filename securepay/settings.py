@@ -163,6 +163,19 @@ GATEWAY_CREDENTIALS_KEY = envstr("GATEWAY_CREDENTIALS_KEY")
 GATEWAY_RETRY_DELAYS = tuple(float(v) for v in envlist("GATEWAY_RETRY_DELAYS", "0.5,1,2"))
 GATEWAY_RECONCILE_RETRY_SECONDS = float(envstr("GATEWAY_RECONCILE_RETRY_SECONDS", "30"))
 WEBHOOK_RETRY_BASE_SECONDS = float(envstr("WEBHOOK_RETRY_BASE_SECONDS", "30"))
+# Recovery sweep (gateways.recovery): unfinished work older than this is presumed to
+# have lost its Celery message and is sent again. Longer than a charge takes, and
+# shorter than VAULT_TTL_SECONDS so a lost charge still finds its card.
+RECOVERY_STALE_SECONDS = envint("RECOVERY_STALE_SECONDS", 120)
+RECOVERY_SWEEP_SECONDS = envint("RECOVERY_SWEEP_SECONDS", 60)
+# For `celery -A securepay beat`; a sweep not started within its period is superseded by the next.
+CELERY_BEAT_SCHEDULE = {
+    "recover-stuck-work": {
+        "task": "gateways.tasks.recover_stuck_work",
+        "schedule": float(RECOVERY_SWEEP_SECONDS),
+        "options": {"expires": float(RECOVERY_SWEEP_SECONDS)},
+    },
+}
 
 # --- auth -------------------------------------------------------------------
 PASSWORD_HASHERS = [

@@ -16,6 +16,9 @@ only with `allow_http`, for tests).
 The answer's fields are found by configurable dotted paths (`result.status`,
 `items.0.id`) and its status values translated by `status_map` into
 approved / declined / error / not_found (`not_found` answers `reconcile`).
+`reconcile` asks about whatever request was sent with its idempotency key: a
+sale or preauthorisation, or a refund (then `gateway_reference` names the
+refunded payment).
 """
 
 from __future__ import annotations
@@ -142,8 +145,10 @@ class GenericHttpAdapter(GatewayAdapter):
                             moves_money=False, card=card)
         return self._result(answer, moves_money=False, **card_fields(card))
 
-    def reconcile(self, idempotency_key: str, *, reference: str) -> GatewayResult | None:
-        answer = self._post({"operation": "reconcile", "reference": reference}, idempotency_key, moves_money=False)
+    def reconcile(self, idempotency_key: str, *, reference: str, refund_of: str = "") -> GatewayResult | None:
+        payload = {"operation": "reconcile", "reference": reference,
+                   **({"gateway_reference": refund_of} if refund_of else {})}
+        answer = self._post(payload, idempotency_key, moves_money=False)
         if self._status_of(answer, moves_money=False) == "not_found":
             return None
         return self._result(answer, moves_money=False)

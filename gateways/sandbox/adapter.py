@@ -160,7 +160,8 @@ class SandboxAdapter(GatewayAdapter):
 
         return self._once(idempotency_key, ("tokenize", card.last4), run)
 
-    def reconcile(self, idempotency_key: str, *, reference: str) -> GatewayResult | None:
+    def reconcile(self, idempotency_key: str, *, reference: str, refund_of: str = "") -> GatewayResult | None:
+        # Every operation's answer is kept by its key, so the key alone finds a refund too.
         with _ledger.lock:
             answer = _ledger.answers.get((self._merchant, idempotency_key))
         return answer[1] if answer else None

@@ -147,9 +147,7 @@ class StripeAdapter(GatewayAdapter):
                             params={"payment_intent": gateway_reference, "amount": amount_minor,
                                     "metadata": {METADATA_KEY: idempotency_key}},
                             idempotency_key=f"{idempotency_key}:refund", moves_money=True)
-        if refund.status == "failed":
-            return _declined("processing_error", raw_status="failed", gateway_reference=refund.id)
-        return _approved(refund.id, refund.amount, refund.currency, raw_status=refund.status)
+        return _refund_result(refund.to_dict())
 
     @_refusals_as_results
     def tokenize(self, card: Card, *, idempotency_key: str, billing: BillingDetails) -> GatewayResult:
@@ -162,25 +160,33 @@ class StripeAdapter(GatewayAdapter):
         return GatewayResult("approved", "approved", agent_message("approved"), gateway_reference=customer.id,
                              token=method.id, raw_status="attached", **card_fields(card))
 
-    def reconcile(self, idempotency_key: str, *, reference: str) -> GatewayResult | None:
+    def reconcile(self, idempotency_key: str, *, reference: str, refund_of: str = "") -> GatewayResult | None:
+        if refund_of:
+            # A payment's refunds are few and listed whole: no time window can hide one.
+            refund = self._find_by_key(self._client.v1.refunds, {"limit": 100, "payment_intent": refund_of},
+                                       idempotency_key)
+            return _refund_result(refund) if refund else None
         params: dict[str, Any] = {"limit": 100, "expand": ["data.latest_charge", "data.payment_method"]}
         if not self._list_without_filters:
             params["created"] = {"gte": int(time.time()) - RECONCILE_WINDOW_SECONDS}
+        intent = self._find_by_key(self._client.v1.payment_intents, params, idempotency_key)
+        return _intent_result(intent) if intent else None
 
+    # --- internals ------------------------------------------------------------
+    def _find_by_key(self, service: Any, params: dict[str, Any], idempotency_key: str) -> dict[str, Any] | None:
+        """The listed object (PaymentIntent or Refund) whose metadata carries our key."""
         def find(params: dict[str, Any], options: dict[str, Any]) -> dict[str, Any] | None:
-            for intent in self._client.v1.payment_intents.list(params, options).auto_paging_iter():
-                found = intent.to_dict()
+            for listed in service.list(params, options).auto_paging_iter():
+                found = listed.to_dict()
                 if (found.get("metadata") or {}).get(METADATA_KEY) == idempotency_key:
                     return found
             return None
 
         try:
-            intent = self._call(find, params=params, idempotency_key=None, moves_money=False)
+            return self._call(find, params=params, idempotency_key=None, moves_money=False)
         except _Refused as refused:  # a refused list is a bug or a config problem, never "not found"
-            raise GatewayError(f"stripe: could not list payments to reconcile ({refused.result.raw_status})") from None
-        return _intent_result(intent) if intent else None
+            raise GatewayError(f"stripe: could not list to reconcile ({refused.result.raw_status})") from None
 
-    # --- internals ------------------------------------------------------------
     def _authorise(self, card: Card, amount_minor: int, currency: str, idempotency_key: str, reference: str,
                    billing: BillingDetails, capture_method: str) -> GatewayResult:
         check_amount(amount_minor)
@@ -296,6 +302,14 @@ def _intent_result(intent: dict[str, Any], card: Card | None = None) -> GatewayR
         return _declined("invalid_request", raw_status=status, **fields)
     return GatewayResult("error", "processing_error", agent_message("processing_error"), raw_status=status or "",
                          **fields)
+
+
+def _refund_result(refund: dict[str, Any]) -> GatewayResult:
+    """Our result for a Refund (from create or the reconcile list); a pending one will complete."""
+    if refund.get("status") in ("failed", "canceled"):
+        return _declined("processing_error", raw_status=refund["status"], gateway_reference=refund["id"])
+    return _approved(refund["id"], refund.get("amount", 0), refund.get("currency") or "",
+                     raw_status=refund.get("status") or "")
 
 
 def _billing_details(billing: BillingDetails) -> dict[str, Any]:

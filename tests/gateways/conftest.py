@@ -294,6 +294,21 @@ def press_process_payment(session):
     return request_payment(session, "user:agent")
 
 
+def pay_but_lose_the_webhook(world, callback_url: str, capture, pan: str = "4242424242424242"):
+    """An approved payment whose webhook was recorded but whose Celery message was
+    lost (never published): returns the session and its WebhookDelivery row."""
+    from gateways.models import WebhookDelivery
+    from gateways.processing import charge
+
+    session = open_card_entry(world, callback_url=callback_url)
+    key_card(session, pan)
+    with capture(execute=False):
+        attempt = press_process_payment(session)
+    with capture(execute=False):
+        charge(str(attempt.pk))  # the worker ran; the publish of deliver_webhook never happened
+    return session, WebhookDelivery.objects.get(session=session)
+
+
 @pytest.fixture(autouse=True)
 def _payment_settings(settings) -> Iterator[None]:
     """Keys a payment needs (tests run with DEBUG off, so nothing is derived), an

@@ -113,6 +113,11 @@ def test_capture_void_refund_tokenize(gateway, seen):
     bodies = [r["json"] for r in seen.requests]
     assert [b["operation"] for b in bodies] == ["capture", "void", "refund", "tokenize"]
     assert bodies[0]["gateway_reference"] == "px_1" and bodies[2]["amount_minor"] == 300
+    found = gateway.reconcile("r1", reference="INV-1", refund_of="px_1")
+    assert found is not None and found.status == "approved"
+    assert seen.requests[-1]["json"] == {"operation": "reconcile", "reference": "INV-1", "gateway_reference": "px_1",
+                                         "idempotency_key": "r1"}
+    assert gateway.reconcile("r-never-sent", reference="INV-1", refund_of="px_1") is None
     assert ["card" in b for b in bodies] == [False, False, False, True]
 
 

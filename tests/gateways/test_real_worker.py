@@ -59,6 +59,23 @@ def test_approved_end_to_end_with_the_redis_broker(alpha, start_worker, webhook_
     wait_until(lambda: WebhookDelivery.objects.filter(delivered_at__isnull=False).exists(), 10, "delivery logged")
 
 
+def test_webhook_endpoint_down_is_retried_by_the_worker(alpha, start_worker, webhook_receiver):
+    """With a broker the task schedules its own retries (WEBHOOK_RETRY_BASE_SECONDS=0.2 in the worker)."""
+    start_worker()
+    url, inbox = webhook_receiver(alpha.tenant.webhook_secret)
+    inbox.failures_to_fake = 2
+    session = open_card_entry(alpha, callback_url=url)
+    key_card(session, "4242424242424242")
+
+    final_attempt(press_process_payment(session))
+
+    assert len(inbox.wait_for(1)) == 1
+    assert [r["answered"] for r in inbox.received] == [500, 500, 200]
+    assert len({r["json"]["id"] for r in inbox.received}) == 1, "a retry is the same event"
+    wait_until(lambda: WebhookDelivery.objects.filter(delivered_at__isnull=False, attempts=3).exists(), 10,
+               "delivery logged after three tries")
+
+
 def test_worker_killed_after_the_gateway_call_charges_exactly_once(alpha, start_worker, localstripe_server):
     account = GatewayAccount(tenant=alpha.tenant, adapter="stripe", display_name="Stripe (localstripe)")
     account.credentials = {"api_key": LOCALSTRIPE_KEY, "api_base": localstripe_server, "localstripe_compat": True}

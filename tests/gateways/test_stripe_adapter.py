@@ -129,6 +129,18 @@ def test_reconcile_finds_the_payment_by_key(gateway):
     assert gateway.reconcile("never-sent", reference="INV-1") is None
 
 
+def test_reconcile_finds_a_refund_by_key(gateway, wire):
+    paid = sale(gateway, amount=1000, key="rf-pay")
+    made = gateway.refund(paid.gateway_reference, 300, idempotency_key="rf-1")
+    gateway.refund(paid.gateway_reference, 200, idempotency_key="rf-2")
+
+    found = gateway.reconcile("rf-1", reference="INV-1", refund_of=paid.gateway_reference)
+    assert found is not None and (found.status, found.gateway_reference, found.amount_minor) == (
+        "approved", made.gateway_reference, 300)
+    assert gateway.reconcile("rf-never-sent", reference="INV-1", refund_of=paid.gateway_reference) is None
+    assert any(r["method"] == "GET" and r["path"] == "/v1/refunds" for r in wire.requests)
+
+
 def test_timeout_after_sending_then_reconciled(gateway, wire, localstripe_charges):
     wire.swallow_answers_to.add("/v1/payment_intents")
     card = Card(VISA, "1239", CVV)

@@ -7,9 +7,18 @@ import time
 
 import pytest
 
+from gateways.config import WEBHOOK_MAX_TRIES
 from gateways.models import WebhookDelivery
+from gateways.recovery import recover_stuck_work
+from gateways.tasks import deliver_webhook
 from gateways.webhooks import sign
-from tests.gateways.conftest import documented_verifier, key_card, open_card_entry, press_process_payment
+from tests.gateways.conftest import (
+    documented_verifier,
+    key_card,
+    open_card_entry,
+    pay_but_lose_the_webhook,
+    press_process_payment,
+)
 
 pytestmark = pytest.mark.usefixtures("fast_retries")
 
@@ -52,9 +61,15 @@ def test_declined_payment_event(alpha, webhook_receiver, django_capture_on_commi
 
 
 def test_endpoint_down_is_retried_then_delivered(alpha, webhook_receiver, django_capture_on_commit_callbacks):
+    """Eager Celery (the demo): one try per call; the recovery sweep sends each due retry."""
     url, inbox = webhook_receiver(alpha.tenant.webhook_secret)
     inbox.failures_to_fake = 2
     approved_payment(alpha, url, django_capture_on_commit_callbacks)
+    assert [r["answered"] for r in inbox.received] == [500], "the agent's request made one try only"
+
+    for _ in range(3):
+        with django_capture_on_commit_callbacks(execute=True):
+            recover_stuck_work()
 
     accepted = inbox.wait_for(1)
     assert [r["answered"] for r in inbox.received] == [500, 500, 200]
@@ -62,6 +77,26 @@ def test_endpoint_down_is_retried_then_delivered(alpha, webhook_receiver, django
     assert {r["body"] for r in inbox.received} == {accepted[0]["body"]}
     delivery = WebhookDelivery.objects.get()
     assert delivery.delivered and delivery.attempts == 3 and delivery.last_status_code == 200
+    assert delivery.next_retry_at is None
+
+
+def test_worker_retries_with_exponential_backoff(alpha, settings, monkeypatch, webhook_receiver,
+                                                 django_capture_on_commit_callbacks):
+    """Outside eager mode the task schedules its own retries: 30 s, then 60 s (see also test_real_worker)."""
+    url, inbox = webhook_receiver(alpha.tenant.webhook_secret)
+    inbox.failures_to_fake = 2
+    _session, delivery = pay_but_lose_the_webhook(alpha, url, django_capture_on_commit_callbacks)
+    settings.WEBHOOK_RETRY_BASE_SECONDS = 30
+    countdowns: list[float] = []
+    monkeypatch.setattr(deliver_webhook, "retry", lambda countdown, throw: countdowns.append(countdown))
+
+    for _ in range(3):
+        deliver_webhook(str(delivery.pk))  # called the way a worker calls it: request.is_eager is False
+
+    assert [r["answered"] for r in inbox.received] == [500, 500, 200]
+    assert len(countdowns) == 2 and 29 < countdowns[0] <= 30 and 59 < countdowns[1] <= 60
+    delivery.refresh_from_db()
+    assert delivery.delivered and delivery.attempts == 3 and delivery.next_retry_at is None
 
 
 def test_endpoint_not_listening_yet_is_retried(alpha, django_capture_on_commit_callbacks, webhook_receiver):
@@ -69,6 +104,9 @@ def test_endpoint_not_listening_yet_is_retried(alpha, django_capture_on_commit_c
 
     dead_url = f"http://127.0.0.1:{free_port()}/hook"
     approved_payment(alpha, dead_url, django_capture_on_commit_callbacks)
+    for _ in range(WEBHOOK_MAX_TRIES):  # the last sweep finds nothing left to try
+        with django_capture_on_commit_callbacks(execute=True):
+            recover_stuck_work()
     delivery = WebhookDelivery.objects.get()
     assert not delivery.delivered and delivery.attempts == 8, "bounded: eight tries, then it stops"
     assert delivery.last_status_code is None and "ConnectionError" in delivery.last_error
@@ -78,7 +116,6 @@ def test_endpoint_not_listening_yet_is_retried(alpha, django_capture_on_commit_c
     # delivery of the same row (e.g. re-queued by an operator) succeeds.
     url, inbox = webhook_receiver(alpha.tenant.webhook_secret)
     WebhookDelivery.objects.filter(pk=delivery.pk).update(url=url)
-    from gateways.tasks import deliver_webhook
 
     deliver_webhook.delay(str(delivery.pk))
     assert len(inbox.wait_for(1)) == 1
@@ -102,8 +139,6 @@ def test_replayed_delivery_is_detectable(alpha, webhook_receiver, django_capture
     assert not verify(forged, original["body"], alpha.tenant.webhook_secret)
     # Within 5 minutes, the same event id tells the receiver it saw it already.
     WebhookDelivery.objects.filter(event_id=original["json"]["id"]).update(delivered_at=None)
-    from gateways.tasks import deliver_webhook
-
     deliver_webhook.delay(str(WebhookDelivery.objects.get().pk))
     assert inbox.received[-1]["replay"] and inbox.received[-1]["valid"]
 
