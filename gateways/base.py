@@ -13,6 +13,9 @@ import functools
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+# Marked for extraction only: the agent page translates by reason code at render time.
+from django.utils.translation import gettext_noop as _
+
 from securepay.card import Card
 
 Status = Literal["approved", "declined", "error"]
@@ -20,26 +23,26 @@ Status = Literal["approved", "declined", "error"]
 # Our stable reason codes -> the sentence an agent reads aloud to the caller.
 # Adapters translate their gateway's codes into these keys; nothing else does.
 AGENT_MESSAGES: dict[str, str] = {
-    "approved": "The payment was approved.",
-    "insufficient_funds": "The card was declined for insufficient funds. Please ask the caller for another card.",
-    "do_not_honour": (
+    "approved": _("The payment was approved."),
+    "insufficient_funds": _("The card was declined for insufficient funds. Please ask the caller for another card."),
+    "do_not_honour": _(
         "The card issuer declined the payment. Please ask the caller to contact their bank or use another card."
     ),
-    "expired_card": "The card has expired. Please ask the caller for another card.",
-    "cvv_mismatch": "The security code did not match. Please ask the caller to key it again.",
-    "invalid_card_number": "The card number was not accepted. Please ask the caller to key it again.",
-    "card_declined": "The card was declined. Please ask the caller for another card.",
-    "authentication_required": (
+    "expired_card": _("The card has expired. Please ask the caller for another card."),
+    "cvv_mismatch": _("The security code did not match. Please ask the caller to key it again."),
+    "invalid_card_number": _("The card number was not accepted. Please ask the caller to key it again."),
+    "card_declined": _("The card was declined. Please ask the caller for another card."),
+    "authentication_required": _(
         "The card issuer asked for extra authentication, which is not possible on a phone payment. "
         "Please ask the caller for another card."
     ),
-    "limit_exceeded": "The card has reached a spending limit. Please ask the caller for another card.",
-    "invalid_request": "The payment gateway refused the request. Please check the details and try again.",
-    "over_refund": "The refund is more than is left to refund on this payment.",
-    "refund_not_received": "The payment gateway never received this refund, so nothing was refunded.",
-    "processing_error": "The payment could not be processed. Please try again.",
-    "gateway_unavailable": "The payment gateway is not answering. Please try again in a moment.",
-    "authentication_failed": (
+    "limit_exceeded": _("The card has reached a spending limit. Please ask the caller for another card."),
+    "invalid_request": _("The payment gateway refused the request. Please check the details and try again."),
+    "over_refund": _("The refund is more than is left to refund on this payment."),
+    "refund_not_received": _("The payment gateway never received this refund, so nothing was refunded."),
+    "processing_error": _("The payment could not be processed. Please try again."),
+    "gateway_unavailable": _("The payment gateway is not answering. Please try again in a moment."),
+    "authentication_failed": _(
         "The payment gateway rejected this portal's credentials. "
         "Please ask an administrator to check the gateway settings."
     ),

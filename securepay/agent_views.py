@@ -21,6 +21,7 @@ from django.utils.translation import gettext_lazy
 from django.views.decorators.http import require_POST
 
 from media.capture import FIELDS
+from securepay.agent_messages import agent_message_labels
 from securepay.forms import details_form_class, session_details_from_form
 from securepay.models import BreakReason, IllegalTransition, PaymentSession, Status
 from securepay.payment import PaymentNotReady, request_payment
@@ -110,6 +111,7 @@ def _session_page(request: HttpRequest, session: PaymentSession, details_form: f
                 "error": _("Not processed"),
                 "keys_refused": _("Keys pressed while not secured were ignored: %(count)s"),
                 "connection_lost": _("Connection lost. Reconnecting…"),
+                "agent_messages": agent_message_labels(),
             },
             "home_url": reverse("agent-home"),
         },

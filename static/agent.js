@@ -101,7 +101,9 @@
           labels.reference + " " + result.gateway_reference;
       } else {
         title.textContent = result.outcome === "declined" ? labels.declined : labels.error;
-        body.textContent = result.message;
+        // The stock sentence for the reason code, in the page's language; a gateway's own wording as sent.
+        const stock = labels.agent_messages[result.reason_code];
+        body.textContent = stock && stock.en === result.message ? stock.text : result.message;
       }
       panel.append(title, body);
     }

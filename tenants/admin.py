@@ -6,6 +6,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
 
 from tenants.models import ApiKey, FieldType, Membership, PageTemplate, PrefillMapping, Role, TemplateField, Tenant
 from tenants.scoping import role_of_user, tenant_of_user
@@ -80,11 +82,13 @@ class TenantAdmin(admin.ModelAdmin):
     readonly_fields = ("webhook_secret",)
     actions = ["rotate_webhook_secret"]
 
-    @admin.action(description="Rotate the webhook and launch-link secret")
+    @admin.action(description=_("Rotate the webhook and launch-link secret"))
     def rotate_webhook_secret(self, request, queryset):
         for tenant in queryset:  # already walled by get_queryset
             tenant.rotate_webhook_secret()
-        messages.warning(request, "New secret issued: update your integration; old signatures no longer verify.")
+        messages.warning(
+            request, gettext("New secret issued: update your integration; old signatures no longer verify.")
+        )
 
     def get_queryset(self, request):
         qs = super().get_queryset(request)
@@ -130,7 +134,7 @@ class ApiKeyAdmin(TenantScopedAdmin):
         api_key, key = ApiKey.issue(tenant, obj.name)
         obj.pk = api_key.pk
         # The one and only time the key is shown.
-        messages.warning(request, f"New API key (copy it now, it is not shown again): {key}")
+        messages.warning(request, gettext("New API key (copy it now, it is not shown again): %(key)s") % {"key": key})
 
     def get_exclude(self, request, obj=None):
         return []
@@ -167,7 +171,7 @@ class TemplateFieldFormSet(forms.BaseInlineFormSet):
         kept = [f for f in self.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
         money_fields = sum(1 for f in kept if f.cleaned_data.get("field_type") == FieldType.MONEY)
         if money_fields != 1:
-            raise ValidationError("A template needs exactly one money field: the amount to charge.")
+            raise ValidationError(gettext("A template needs exactly one money field: the amount to charge."))
 
 
 class TemplateFieldInline(TenantScopedInline):

@@ -40,12 +40,12 @@ class Tenant(models.Model):
     default_locale = models.CharField(max_length=8, default="en", choices=settings.LANGUAGES)
     timezone = models.CharField(max_length=64, default="UTC")
     currency = models.CharField(
-        max_length=3, default="GBP", validators=[RegexValidator(r"^[A-Z]{3}$", "ISO 4217 code, e.g. GBP")]
+        max_length=3, default="GBP", validators=[RegexValidator(r"^[A-Z]{3}$", _("ISO 4217 code, e.g. GBP"))]
     )
     launch_button_label = models.CharField(max_length=60, default="Take payment")
     logo_url = models.URLField(blank=True)
     brand_colour = models.CharField(
-        max_length=7, default="#1d4ed8", validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", "a colour like #1d4ed8")]
+        max_length=7, default="#1d4ed8", validators=[RegexValidator(r"^#[0-9a-fA-F]{6}$", _("a colour like #1d4ed8"))]
     )
     # Signs webhooks to the integration and verifies CRM launch links.
     webhook_secret = models.CharField(max_length=80, default=new_webhook_secret)
@@ -103,7 +103,7 @@ class ApiKey(models.Model):
     objects = models.Manager.from_queryset(ApiKeyQuerySet)()
 
     class Meta:
-        verbose_name = "API key"
+        verbose_name = _("API key")
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
@@ -205,7 +205,7 @@ class PageTemplate(models.Model):
     currency = models.CharField(
         max_length=3,
         blank=True,
-        validators=[RegexValidator(r"^[A-Z]{3}$", "ISO 4217 code, e.g. GBP")],
+        validators=[RegexValidator(r"^[A-Z]{3}$", _("ISO 4217 code, e.g. GBP"))],
         help_text=_("Blank: the tenant's currency."),
     )
     transaction_type = models.CharField(max_length=16, choices=TransactionType.choices, default=TransactionType.SALE)
