@@ -15,9 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import ctypes  # noqa: E402
 import ctypes.util  # noqa: E402
-import datetime  # noqa: E402
 import difflib  # noqa: E402
-import platform  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -31,6 +29,8 @@ import numpy as np  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from report import machine, write_section  # noqa: E402
+
 from media.codecs import read_wav  # noqa: E402
 from media.dtmf import KEYS, BatchDtmfDetector, DtmfDetector, detect  # noqa: E402
 from media.masker import BatchStreamingMasker, StreamingMasker  # noqa: E402
@@ -43,7 +43,6 @@ from tests.media.signals import (  # noqa: E402
     to_pcm,
 )
 
-START, END = "<!-- bench:dsp:start -->", "<!-- bench:dsp:end -->"
 FS = 8000
 # The masker before the batched core (per-call StreamingMasker at ~190 us/frame),
 # loaded from git so that "before" stays measurable on this machine.
@@ -297,21 +296,6 @@ def speed_spandsp(sp: Spandsp, pcm: np.ndarray) -> float:
 
 
 # -- report --------------------------------------------------------------------
-def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{model}, {os.cpu_count()} cores; Python {platform.python_version()}, numpy {np.__version__}; "
-        f"{datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}"
-    )
-
-
 def fmt(v: float, digits: int = 1) -> str:
     return "n/a" if v != v else f"{v:.{digits}f}"
 
@@ -366,7 +350,6 @@ def main() -> int:
 
     names = list(decoders)
     lines = [
-        START,
         "## DSP: DTMF receiver and masking (`bench/dsp.py`)",
         "",
         f"Machine: {machine()}. Run time {time.monotonic() - began:.0f} s.",
@@ -426,17 +409,8 @@ def main() -> int:
         f"| digits multimon-ng decodes from the masked output | {mm_out} | 0 |",
         f"| espeak-ng speech samples altered | {altered:.2f} % | small |",
         f"| synthetic music samples altered | {music_altered:.2f} % | (chords and glides hit the onset detector) |",
-        END,
     ]
-    section = "\n".join(lines)
-    print(section)
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    print(write_section("dsp", "\n".join(lines)))
     return 0
 
 

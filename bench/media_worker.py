@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import multiprocessing
 import os
-import platform
-import re
 import socket
 import sys
 import time
@@ -32,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from report import machine, write_section  # noqa: E402
 
 from media.calls import Call  # noqa: E402
 from media.masker import HOLDBACK_MS  # noqa: E402
@@ -42,7 +40,6 @@ KEYS = "4242424242424242#1228123"
 STEPS = (25, 50, 100, 150, 200, 300, 400, 500)
 DELAY_BUDGET_MS = 40.0
 WORKER_CPU, LOAD_CPU = 0, 1
-START, END = "<!-- bench:media:start -->", "<!-- bench:media:end -->"
 
 
 def rss_kib() -> int:
@@ -160,14 +157,6 @@ def step(calls: int) -> dict:
     }
 
 
-def machine() -> str:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")), platform.processor(),
-    )  # fmt: skip
-    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {dt.date.today().isoformat()}"
-
-
 def markdown(results: list[dict]) -> str:
     best = max((r["calls"] for r in results if r["passed"]), default=0)
     rows = "\n".join(
@@ -176,8 +165,7 @@ def markdown(results: list[dict]) -> str:
         f"{'pass' if r['passed'] else 'FAIL'} |"
         for r in results
     )
-    return f"""{START}
-## Media worker: secured calls per core (`bench/media_worker.py`)
+    return f"""## Media worker: secured calls per core (`bench/media_worker.py`)
 
 Machine: {machine()}. One worker process (the production `Relay` + `Call`:
 reorder buffer, streaming masker, key detection, RTP rewriting) pinned to one
@@ -196,16 +184,7 @@ a batched masker over all calls of a worker is the way to the target, not yet wi
 Memory per call is well under the 1 MB target.
 For comparison: rtpengine 10.5 (C, Debian) masking in-band tones with a 40 ms delay buffer adds ~42 ms and
 still leaves 8 % of digits decodable on our test material; here the added delay is the fixed 30 ms hold-back
-plus the p99 above, and the agent leg decodes to no digit (tests/media_service, multimon-ng).
-{END}"""
-
-
-def write(section: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _m: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
+plus the p99 above, and the agent leg decodes to no digit (tests/media_service, multimon-ng)."""
 
 
 def main() -> None:
@@ -223,7 +202,7 @@ def main() -> None:
         if not result["passed"]:
             break
     if not args.no_write:
-        write(markdown(results))
+        write_section("media", markdown(results))
 
 
 if __name__ == "__main__":

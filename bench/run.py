@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-BENCHMARKS = ["dsp.py", "ws_latency.py", "media_worker.py"]
+BENCHMARKS = ["dsp.py", "ws_latency.py", "link_latency.py", "media_worker.py"]
 
 
 def main() -> int:

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import os
-import platform
-import re
 import socket
 import subprocess
 import sys
@@ -29,10 +26,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from report import machine, write_section
+
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/15"
 INTERVAL = 0.25
-START, END = "<!-- bench:ws:start -->", "<!-- bench:ws:end -->"
 
 
 def free_port() -> int:
@@ -178,21 +176,11 @@ def start_server(kind: str, port: int, env: dict) -> subprocess.Popen:
     raise SystemExit(f"{kind} did not start")
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
-    except (OSError, AttributeError):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
-def write_section(results: dict[str, dict], seconds: float) -> str:
+def ws_section(results: dict[str, dict], seconds: float) -> str:
     lines = [
-        START,
         "## Agent WebSocket fan-out (`bench/ws_latency.py`)",
         "",
-        f"{dt.date.today().isoformat()} · {machine()} · Redis pub/sub channel layer · "
+        f"{machine()} · Redis pub/sub channel layer · "
         f"{next(iter(results.values()))['sockets']} agent sockets, one card.state per session every "
         f"{int(INTERVAL * 1000)} ms for {seconds:g} s, published from a separate process; client, server and "
         "publisher on the same machine. Targets: p50 ≤ 5 ms, p99 ≤ 50 ms, nothing lost.",
@@ -203,16 +191,7 @@ def write_section(results: dict[str, dict], seconds: float) -> str:
     for kind, r in results.items():
         lines.append(f"| {kind} | {r['sent']} | {r['received']} | {r['lost']} | {r['p50']:.2f} | {r['p99']:.2f} "
                      f"| {r['max']:.2f} |")
-    lines.append(END)
-    section = "\n".join(lines)
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
-    return section
+    return write_section("ws", "\n".join(lines))
 
 
 def main() -> None:
@@ -241,7 +220,7 @@ def main() -> None:
                 server.terminate()
                 server.wait(timeout=10)
             print(kind, results[kind], flush=True)
-    print(write_section(results, args.seconds))
+    print(ws_section(results, args.seconds))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import time
 
 import pytest
 from django.test import Client
@@ -104,12 +103,9 @@ def wait_secure(pages, state: str, reason: str | None = None) -> dict:
 def test_simulated_call_fills_stars_and_agent_hears_no_digit(media_worker, alpha, session, listen, tmp_path):
     pages = listen(session_group(session.pk))
     call = start_call(alpha, media_worker)
-    sent_at = time.monotonic()
     assert link(alpha, call, session.code).status_code == 200
-    is_green = lambda m: m.get("type") == "session.state" and m["secure_state"] == "secured"  # noqa: E731
-    pages.wait_for(is_green)
-    green_after = pages.arrival(is_green) - sent_at
-    assert green_after < 0.2, f"page turned green {green_after * 1000:.0f} ms after the link request"
+    # The page turns green (how fast is measured by bench/link_latency.py, not by a timed test).
+    pages.wait_for(lambda m: m.get("type") == "session.state" and m["secure_state"] == "secured")
 
     phones = play(call)
 
