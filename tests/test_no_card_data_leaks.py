@@ -250,6 +250,8 @@ def test_eager_payment_leaves_no_card_data(alpha, recorder, webhook_receiver,  #
 
 
 @pytest.mark.celery_worker
+@pytest.mark.postgres
+@pytest.mark.redis
 @pytest.mark.timeout(120)
 def test_real_worker_payment_leaves_no_card_data(alpha, recorder, start_worker, webhook_receiver):  # noqa: F811
     url, inbox = webhook_receiver(alpha.tenant.webhook_secret)

@@ -260,3 +260,12 @@ def session(alpha) -> PaymentSession:
     session.open_details("test")
     session.start_card_entry("test", details={"first_name": "Ada"}, amount_minor=1250)
     return session
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Every test here drives a real worker process: PostgreSQL and Redis (see the module docstring)."""
+    here = Path(__file__).parent
+    for item in items:
+        if Path(item.fspath).parent == here:
+            item.add_marker(pytest.mark.postgres)
+            item.add_marker(pytest.mark.redis)
