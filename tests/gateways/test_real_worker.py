@@ -20,7 +20,13 @@ from tests.gateways.conftest import (
 )
 from tests.support import require_tcp
 
-pytestmark = [pytest.mark.celery_worker, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.celery_worker,
+    pytest.mark.postgres,
+    pytest.mark.redis,
+    pytest.mark.slow,
+    pytest.mark.timeout(120),
+]
 
 
 def final_attempt(attempt: PaymentAttempt, timeout: float = 30.0) -> PaymentAttempt:
