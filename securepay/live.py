@@ -161,8 +161,10 @@ class MediaHub:
             return True
 
     def is_linked(self, session_id) -> bool:
-        with self._lock:
-            return str(session_id) in self._captures
+        # Lock-free on purpose: the media worker asks from its event loop, while
+        # press_key may hold the lock and wait for that same loop to publish;
+        # taking the lock here would deadlock both. A dict look-up is atomic.
+        return str(session_id) in self._captures
 
     # --- agent side -------------------------------------------------------------------
     def handle_command(self, message: dict) -> None:
