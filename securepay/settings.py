@@ -258,7 +258,8 @@ MEDIA_RTP_PORT_MAX = envint("MEDIA_RTP_PORT_MAX", 49999)
 MEDIA_WORKER_ID = envstr("MEDIA_WORKER_ID", "main")
 MEDIA_RTP_TIMEOUT_SECONDS = envint("MEDIA_RTP_TIMEOUT_SECONDS", 30)
 # The keypad simulator stands in for a phone; it is never routed in production.
-KEYPAD_SIMULATOR_ENABLED = envbool("KEYPAD_SIMULATOR_ENABLED", DEBUG)
+# Never in production, whatever the environment says: it types digits into sessions.
+KEYPAD_SIMULATOR_ENABLED = DEBUG and envbool("KEYPAD_SIMULATOR_ENABLED", True)
 
 # --- REST API -------------------------------------------------------------------
 REST_FRAMEWORK = {

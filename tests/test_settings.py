@@ -49,3 +49,17 @@ def test_production_refuses_to_start_without_secret_key(tmp_path):
 def test_demo_profile_needs_no_variables():
     result = manage(["check"])
     assert result.returncode == 0, result.stderr
+
+
+def test_keypad_simulator_is_never_routed_in_production(tmp_path):
+    script = (
+        "from django.urls import resolve, Resolver404\n"
+        "try:\n    resolve('/simulator/')\n    print('routed')\n"
+        "except Resolver404:\n    print('absent')"
+    )
+    env = {**production_env(tmp_path), "KEYPAD_SIMULATOR_ENABLED": "1"}
+    result = manage(["shell", "--no-imports", "-c", script], **env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "absent"
+    demo = manage(["shell", "--no-imports", "-c", script])
+    assert demo.stdout.strip().splitlines()[-1] == "routed"  # the same check sees it where it is routed
