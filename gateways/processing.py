@@ -17,6 +17,7 @@ import logging
 import os
 import time
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.utils import timezone
 
@@ -24,6 +25,7 @@ from gateways import webhooks
 from gateways.base import (
     BillingDetails,
     GatewayAdapter,
+    GatewayConfigError,
     GatewayError,
     GatewayOutcomeUnknown,
     GatewayResult,
@@ -33,7 +35,7 @@ from gateways.base import (
 from gateways.config import gateway_retry_delays
 from gateways.models import active_adapter, adapter_for_attempt
 from securepay.card import Card
-from securepay.models import AttemptStatus, PaymentAttempt
+from securepay.models import UNCONFIRMED_OUTCOME, AttemptStatus, PaymentAttempt
 from securepay.vault import get_vault
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ FINAL_STATUSES = frozenset({AttemptStatus.APPROVED, AttemptStatus.DECLINED, Atte
 CARD_ENTRY_EXPIRED = GatewayResult(
     "error", "card_entry_expired", "The card entry expired. Please ask the caller to key the card again.")
 OUTCOME_UNCONFIRMED = GatewayResult(
-    "error", "outcome_unconfirmed",
+    "error", UNCONFIRMED_OUTCOME,
     "The payment gateway did not confirm the outcome. Check this payment with the gateway before taking it again.")
 # Test hook for the worker-crash test (tests/gateways/test_real_worker.py): inert unless set to "1".
 CRASH_AFTER_GATEWAY_CALL_ENV = "SECUREPAY_TEST_CRASH_AFTER_GATEWAY_CALL"
@@ -62,7 +64,15 @@ def charge(attempt_id: str) -> None:
             return  # a redelivered task: the result is stored already
         resuming = attempt.status == AttemptStatus.SENT
         if not resuming:
-            attempt.gateway, adapter = active_adapter(attempt.tenant)
+            try:
+                attempt.gateway, adapter = active_adapter(attempt.tenant)
+            except (GatewayConfigError, ImproperlyConfigured) as exc:
+                # Nothing was sent: say so now rather than leave the session processing forever.
+                logger.error("attempt %s: tenant gateway account unusable (%s)", attempt.pk, exc)
+                get_vault().discard(attempt.session_id)
+                unsent = PaymentAttempt.objects.select_related("session").get(pk=attempt.pk)
+                _store(unsent, _failure("processing_error"))
+                return
             attempt.status = AttemptStatus.SENT
             attempt.save(update_fields=["gateway", "status"])
     if resuming:

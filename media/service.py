@@ -51,6 +51,7 @@ from securepay.calls import Call as CallRow
 from securepay.calls import CallState, EndReason
 from securepay.live import MediaHub, hub
 from securepay.models import BreakReason, IllegalTransition, PaymentSession
+from securepay.vault import get_vault
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,8 @@ class MediaWorker:
             row.end(EndReason.WORKER_RESTART)
             if row.session is not None and row.session.is_open:
                 self.hub.break_link(row.session_id, BreakReason.LINK_LOST)
+                # Its card entry died with the previous run; the card must not outlive it.
+                get_vault().discard(row.session_id)
 
     async def _serve_jobs(self) -> None:
         # One queue, one consumer: a call's messages and key presses keep their order.

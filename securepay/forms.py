@@ -69,7 +69,9 @@ def form_field_for(field: TemplateField, currency: str, language: str = "en") ->
         choices = [(c, c) for c in field.choice_list]
         if not field.is_required:
             choices.insert(0, ("", "—"))
-        return forms.ChoiceField(choices=choices, **common)
+        # Django's stock message repeats the rejected value; from a CRM that could be anything.
+        not_a_choice = {"invalid_choice": _("Select one of the offered choices.")}
+        return forms.ChoiceField(choices=choices, error_messages=not_a_choice, **common)
     if field.field_type == FieldType.DATE:
         return forms.DateField(
             input_formats=["%Y-%m-%d"], widget=forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"), **common

@@ -46,6 +46,9 @@ MEDIA_ACTOR = "media-worker"
 # What an agent page may ask for; `clear` and `end` come from the web tier's views.
 AGENT_COMMANDS = frozenset({"activate", "reset"})
 RESULT_STATUSES = (Status.APPROVED, Status.DECLINED, Status.ERROR)
+CARD_CLEARING_MOVES = frozenset(
+    {(Status.DETAILS, Status.CARD_ENTRY), (Status.CARD_ENTRY, Status.DECLINED), (Status.CARD_ENTRY, Status.ERROR)}
+)
 
 
 def session_group(session_id) -> str:
@@ -100,9 +103,14 @@ def on_session_transitioned(sender, session: PaymentSession, from_state: str, to
     """Whoever moved the session (agent page, API, gateway task), its pages and its media worker hear of it."""
     broadcast_session_state(session)
     if to_state == Status.ENDED:
+        # Discarded here too, not only by the worker holding the card entry: after a
+        # worker restart nobody holds it, and the card must not outlive the session.
+        get_vault().discard(session.pk)
         send_media_command(session.pk, "end")
-    elif to_state == Status.CARD_ENTRY and from_state in (Status.DECLINED, Status.ERROR):
-        # A retry after a decline starts from an empty card (DESIGN: Back).
+    elif (to_state, from_state) in CARD_CLEARING_MOVES:
+        # Back, before or after an attempt: the next card starts empty (DESIGN: Back), so a
+        # card keyed for one amount can never be charged for another.
+        get_vault().discard(session.pk)
         send_media_command(session.pk, "clear")
 
 

@@ -16,12 +16,19 @@ from securepay.card import luhn_ok
 _PAN_LIKE = re.compile(r"(?<!\d)(?:\d[ -]?){11,18}\d(?!\d)")
 
 
+# A card field named in a request body or a dict: card[cvc]=123, "cvv": "123", exp_month=12 ...
+_CARD_FIELD_VALUE = re.compile(
+    r"""((?:card\[)?(?:cvc|cvv|cvv2|cvc2|csc|exp_month|exp_year|expiry|exp_date)\]?["']?\s*[=:]\s*["']?)[0-9/ ]+""",
+    re.IGNORECASE,
+)
+
+
 def redact_card_numbers(text: str) -> str:
     def _sub(match: re.Match[str]) -> str:
         digits = re.sub(r"\D", "", match.group(0))
         return "[REDACTED PAN]" if luhn_ok(digits) else match.group(0)
 
-    return _PAN_LIKE.sub(_sub, text)
+    return _CARD_FIELD_VALUE.sub(r"\1[REDACTED]", _PAN_LIKE.sub(_sub, text))
 
 
 class CardDataFilter(logging.Filter):

@@ -56,6 +56,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     Status.ENDED: frozenset(),
 }
 OPEN_STATUSES = [s for s in Status.values if s != Status.ENDED]
+# The reason of an attempt whose outcome the gateway never confirmed (see gateways.processing).
+UNCONFIRMED_OUTCOME = "outcome_unconfirmed"
 
 
 class SecureState(models.TextChoices):
@@ -218,6 +220,10 @@ class PaymentSession(models.Model):
 
     def start_card_entry(self, actor: str, *, details: dict | None = None, amount_minor: int | None = None) -> None:
         """Step 1 accepted (or Back after a decline): the caller may key a card."""
+        latest = self.latest_attempt if self.status == Status.ERROR else None
+        if latest is not None and latest.reason_code == UNCONFIRMED_OUTCOME:
+            # That attempt may yet have charged the card: no second one on this session.
+            raise IllegalTransition(self.pk, f"{self.status} ({UNCONFIRMED_OUTCOME})", Status.CARD_ENTRY)
         changes = {}
         if details is not None:
             changes["details"] = details

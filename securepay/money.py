@@ -34,7 +34,10 @@ def amount_to_minor(amount: Decimal | str, currency: str) -> int:
         raise ValueError(f"not an amount: {amount!r}")
     if not value.is_finite():
         raise ValueError(f"not an amount: {amount!r}")
-    minor = value.scaleb(currency_exponent(currency))
+    try:
+        minor = value.scaleb(currency_exponent(currency))
+    except ArithmeticError:  # e.g. "1e999999": out of Decimal's range
+        raise ValueError(f"not an amount: {amount!r}")
     if minor != minor.to_integral_value():
         raise ValueError(f"{currency} amounts have at most {currency_exponent(currency)} decimals")
     return int(minor)

@@ -145,3 +145,22 @@ def test_keyless_vault_sees_and_discards_but_cannot_read_or_store():
         keyless.put("t", Card(PAN, "1230", "123"))
     keyless.discard("s")
     assert not keyed.has_card("s")
+
+
+def test_log_filter_redacts_named_card_fields_in_request_bodies():
+    body = "card[number]=4242424242424242&card[exp_month]=12&card[exp_year]=2030&card[cvc]=123&amount=1250"
+    redacted = redact_card_numbers(body)
+    assert PAN not in redacted and "cvc]=123" not in redacted and "exp_year]=2030" not in redacted
+    assert "amount=1250" in redacted
+    assert "123" not in redact_card_numbers('{"cvv": "123", "amount": 1}').replace('"amount": 1', "")
+
+
+def test_gateway_sdk_debug_logging_and_celery_workers_keep_the_card_filter():
+    from securepay.celery import app
+
+    # stripe-python logs request bodies at DEBUG; whatever LOG_LEVEL says, it stays at WARNING.
+    assert logging.getLogger("stripe").level == logging.WARNING
+    # Celery must not replace the root handlers (and with them the card-data filter).
+    assert app.conf.worker_hijack_root_logger is False
+    root_filters = [f for h in logging.getLogger().handlers for f in h.filters]
+    assert any(isinstance(f, CardDataFilter) for f in root_filters)

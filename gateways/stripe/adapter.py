@@ -300,8 +300,9 @@ def _intent_result(intent: dict[str, Any], card: Card | None = None) -> GatewayR
                          raw_status=raw, **fields)
     if status == "canceled":
         return _declined("invalid_request", raw_status=status, **fields)
-    return GatewayResult("error", "processing_error", agent_message("processing_error"), raw_status=status or "",
-                         **fields)
+    # "processing" (or anything unforeseen) may still end in a charge: a final error here
+    # would let the agent retry with a new key and charge twice. Reconcile later instead.
+    raise GatewayOutcomeUnknown(f"payment {intent['id']} is not settled at the gateway yet ({status})")
 
 
 def _refund_result(refund: dict[str, Any]) -> GatewayResult:

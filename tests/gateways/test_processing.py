@@ -147,3 +147,40 @@ def test_gateway_unreachable_is_an_error_after_bounded_retries(alpha, django_cap
 
     assert attempt.gateway == "stripe"
     assert attempt.status == "error" and attempt.reason_code == "gateway_unavailable"
+
+
+def test_unusable_gateway_account_ends_the_attempt_in_error_without_a_call(alpha, django_capture_on_commit_callbacks):
+    from gateways.models import GatewayAccount
+
+    account = GatewayAccount(tenant=alpha.tenant, adapter="stripe", display_name="Stripe")
+    account.credentials = {"api_key": "sk_test_x"}
+    account.credentials_encrypted = "not-a-token-this-key-can-open"  # e.g. GATEWAY_CREDENTIALS_KEY was rotated
+    account.save()
+    session = open_card_entry(alpha)
+    attempt = pay(session, "4242424242424242", django_capture_on_commit_callbacks)
+
+    session.refresh_from_db()
+    assert attempt.status == "error" and attempt.reason_code == "processing_error"
+    assert session.status == Status.ERROR  # not stuck in processing: the agent can tell the caller
+    assert not get_vault().has_card(session.pk)
+    assert sandbox.charges_count() == 0
+
+
+def test_an_unconfirmed_outcome_allows_no_second_attempt_on_the_session(alpha, django_capture_on_commit_callbacks):
+    from securepay.models import IllegalTransition
+
+    session = open_card_entry(alpha)
+    key_card(session, "4242424242424242")
+    with django_capture_on_commit_callbacks(execute=False):
+        attempt = press_process_payment(session)  # enqueued, never run: the gateway never answered
+    PaymentAttempt.objects.filter(pk=attempt.pk).update(status="sent")
+    processing.give_up(str(attempt.pk))
+    session.refresh_from_db()
+    assert session.status == Status.ERROR and session.latest_attempt.reason_code == "outcome_unconfirmed"
+    with pytest.raises(IllegalTransition):
+        session.start_card_entry("user:agent")  # the first attempt may yet have charged the card
+    session.refresh_from_db()
+    assert session.status == Status.ERROR
+    session.end("user:agent")  # the agent checks with the gateway and ends the session
+    session.refresh_from_db()
+    assert session.status == Status.ENDED

@@ -182,3 +182,12 @@ def test_rejected_api_key_is_a_config_error(localstripe_server):
 def test_config_validation(config, message):
     with pytest.raises(GatewayConfigError, match=message):
         StripeAdapter(config)
+
+
+@pytest.mark.parametrize("status", ["processing", "requires_confirmation", None])
+def test_an_unsettled_payment_intent_is_an_unknown_outcome_not_a_final_error(status):
+    from gateways.stripe.adapter import _intent_result
+
+    with pytest.raises(GatewayOutcomeUnknown) as raised:
+        _intent_result({"id": "pi_123", "status": status, "amount": 1250, "currency": "gbp"})
+    assert "pi_123" in str(raised.value)

@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from securepay.live import hub
 from securepay.models import PaymentSession, Status
+from securepay.vault import get_vault
 from tenants.models import PageTemplate
 from tests.live.conftest import FUTURE_EXPIRY, VISA_OK, key_card, open_session, session_in_card_entry
 from tests.walls import wall_test
@@ -130,11 +131,27 @@ def test_decline_then_back_clears_the_card_and_a_retry_is_approved(alpha, beta, 
     assert list(session.attempts.values_list("number", "status")) == [(1, "declined"), (2, "approved")]
 
 
-def test_back_during_card_entry_returns_to_details(alpha):
-    session = session_in_card_entry(alpha)
-    alpha.client_for("agent").post(session_url("agent-session-back", session))
+def test_back_during_card_entry_returns_to_details_and_drops_the_keyed_card(
+    alpha, django_capture_on_commit_callbacks
+):
+    session = secured_with_card(alpha)
+    assert get_vault().has_card(session.pk)
+    with django_capture_on_commit_callbacks(execute=True):
+        alpha.client_for("agent").post(session_url("agent-session-back", session))
     session.refresh_from_db()
     assert session.status == Status.DETAILS
+    # A card keyed for one amount must never be charged for another: Next starts empty.
+    assert not get_vault().has_card(session.pk)
+    hub.handle_command({"session": str(session.pk), "command": "clear"})  # as the listener would apply it
+    assert not hub._captures[str(session.pk)].state()["ready"]
+
+
+def test_ending_a_session_discards_its_card_even_with_no_worker_holding_it(alpha, django_capture_on_commit_callbacks):
+    session = secured_with_card(alpha)
+    hub._captures.clear()  # e.g. the media worker restarted: nobody holds the card entry
+    with django_capture_on_commit_callbacks(execute=True):
+        session.end("user:test")
+    assert not get_vault().has_card(session.pk)
 
 
 @wall_test("agent-session-end")

@@ -138,6 +138,9 @@ def test_form_applies_pattern_length_choices_email_and_date(template):
     bad = form_class(data={**base, "ref": "INV-123456", "plan": "Bronze", "due": "31/01/2030", "email": "ada@"})
     assert set(bad.errors) == {"ref", "plan", "due", "email"}
     assert "ref" in form_class(data={**base, "ref": "XYZ-12"}).errors
+    # A rejected choice is not repeated back: from a CRM it could be anything, even a card number.
+    echoed = form_class(data={**base, "ref": "INV-12", "plan": "4242424242424242"})
+    assert "plan" in echoed.errors and "4242424242424242" not in str(echoed.errors)
 
 
 def test_postcode_required_by_the_template(template):

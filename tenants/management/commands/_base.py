@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser, handle_default_options
 from django.db import connections
 
@@ -40,3 +41,11 @@ class OperatorCommand(BaseCommand):
 
     def fail(self, message: str) -> CommandError:
         return CommandError(message, returncode=1)
+
+    def check_model(self, instance, exclude: tuple[str, ...] = ()) -> None:
+        """The model's own rules (lengths, formats, uniqueness) as a one-line error, before anything is written."""
+        try:
+            instance.full_clean(exclude=list(exclude))
+        except ValidationError as exc:
+            problems = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
+            raise self.fail(problems)

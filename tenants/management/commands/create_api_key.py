@@ -15,6 +15,7 @@ class Command(OperatorCommand):
             raise self.fail(f"unknown tenant {tenant!r}")
         if not name.strip():
             raise self.fail("name must not be empty")
+        self.check_model(ApiKey(tenant=tenant_obj, name=name.strip()), exclude=("prefix", "key_hash"))
         api_key, key = ApiKey.issue(tenant_obj, name.strip())
         self.stdout.write(
             f"created API key {api_key.prefix} ({api_key.name}) for {tenant_obj.slug}; it is not shown again:"

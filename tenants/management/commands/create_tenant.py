@@ -26,7 +26,9 @@ class Command(OperatorCommand):
             raise self.fail("name must not be empty")
         if Tenant.objects.filter(slug=slug).exists():
             raise self.fail(f"tenant {slug!r} already exists")
+        tenant = Tenant(slug=slug, name=name.strip(), currency=currency)
+        self.check_model(tenant)
         with transaction.atomic():
-            tenant = Tenant.objects.create(slug=slug, name=name.strip(), currency=currency)
+            tenant.save()
             seed_default_template(tenant)
         self.stdout.write(f"created tenant {tenant.slug} ({tenant.name}, {tenant.currency})")

@@ -33,6 +33,7 @@ class Command(OperatorCommand):
         generated = password is None
         password = password or secrets.token_urlsafe(12)
         user = User(username=username, email=email)
+        self.check_model(user, exclude=("password",))
         try:
             validate_password(password, user)
         except ValidationError as exc:
