@@ -33,6 +33,7 @@ from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.http import require_GET
 
@@ -44,6 +45,7 @@ from tenants.scoping import scoped
 
 LAUNCH_MAX_AGE_SECONDS = 300
 LAUNCH_MAX_FUTURE_SECONDS = 60
+PENDING_LAUNCH_SESSION_KEY = "securepay.pending_launch"
 CONTROL_PARAMS = frozenset({"tenant", "template", "reference", "agent", "callback_url", "ts", "sig"})
 
 
@@ -132,9 +134,15 @@ def _session_fields(tenant: Tenant, params: dict, request: HttpRequest) -> dict:
 def launch_session(request: HttpRequest) -> HttpResponse:
     """Open a session from a signed CRM link and take the agent to its live page."""
     if not request.user.is_authenticated:
-        return redirect_to_login(request.get_full_path())
+        # The link's query may carry anything a CRM sent: keep it in the server-side
+        # session across the log-in instead of echoing it in `next` (login page, logs).
+        request.session[PENDING_LAUNCH_SESSION_KEY] = request.GET.urlencode()
+        return redirect_to_login(reverse("session-launch") + "?resume=1")
+    query = request.GET
+    if request.GET.get("resume") == "1" and PENDING_LAUNCH_SESSION_KEY in request.session:
+        query = QueryDict(request.session.pop(PENDING_LAUNCH_SESSION_KEY))
     try:
-        tenant, params = verified_launch_params(request.GET, request)
+        tenant, params = verified_launch_params(query, request)
         # A reload or double click of the same link returns to the session it opened.
         opened_key = f"launch:{tenant.pk}:{params['sig']}"
         opened = cache.get(opened_key)

@@ -53,10 +53,22 @@ def test_the_documented_signing_string(alpha):
     assert query["sig"] == digest.hexdigest()
 
 
-def test_anonymous_users_are_sent_to_log_in(alpha):
-    response = Client().get(launch_url(alpha))
+def test_anonymous_users_are_sent_to_log_in_and_the_link_resumes_after(alpha):
+    client = Client()
+    url = launch_url(alpha)
+    response = client.get(url)
     assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
     assert not PaymentSession.objects.exists()
+    # The link's query stays on the server: not in `next`, so not in the login page or the logs.
+    query = url.split("?", 1)[1]
+    assert "sig=" not in response["Location"] and query not in response["Location"]
+    login_page = client.get(response["Location"]).content.decode()
+    assert "sig=" not in login_page and "Ada" not in login_page
+    client.force_login(alpha.agent)
+    resumed = client.get(reverse("session-launch") + "?resume=1")
+    session = PaymentSession.objects.get()
+    assert resumed.status_code == 302 and str(session.pk) in resumed["Location"]
+    assert session.tenant == alpha.tenant
 
 
 @wall_test("session-launch")
