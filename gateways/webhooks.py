@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import time
 import uuid
 from datetime import timedelta
+from urllib.parse import urlsplit
 
 import requests
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -117,6 +121,26 @@ def _record(session: PaymentSession, event_type: str, fields: dict) -> WebhookDe
 
 
 # --- delivery ---------------------------------------------------------------------------
+def non_public_address(url: str) -> str:
+    """Why `url` must not be called from inside our network, or "" when it may.
+
+    A tenant chooses its callback URLs; without this check a webhook could probe
+    our own services (metadata endpoints, Redis, the database) from the worker.
+    Checked at each try, since DNS answers change. Demo/development may allow it.
+    """
+    if settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES:
+        return ""
+    host = urlsplit(url).hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return ""  # unresolvable: the POST itself fails and is retried like any outage
+    for address in sorted(addresses):
+        if not ipaddress.ip_address(address.split("%", 1)[0]).is_global:
+            return f"refused: {host} resolves to a non-public address ({address})"
+    return ""
+
+
 def attempt_delivery(delivery_id: str) -> WebhookDelivery:
     """POST the event once and log the try. The row's `next_retry_at` says when
     to try again: None once delivered or out of tries."""
@@ -126,21 +150,23 @@ def attempt_delivery(delivery_id: str) -> WebhookDelivery:
     body = delivery.body.encode()
     headers = {"Content-Type": "application/json", "User-Agent": "SecurePay-Webhooks/1",
                SIGNATURE_HEADER: sign(delivery.tenant.webhook_secret, int(time.time()), body)}
-    status_code, error = None, ""
-    try:
-        response = requests.post(delivery.url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS,
-                                 allow_redirects=False)
-        status_code = response.status_code
-        if not 200 <= status_code < 300:
-            error = f"HTTP {status_code}"
-    except requests.RequestException as exc:
-        error = f"{type(exc).__name__}: {exc}"
+    status_code, error = None, non_public_address(delivery.url)
+    refused = bool(error)
+    if not refused:
+        try:
+            response = requests.post(delivery.url, data=body, headers=headers, timeout=WEBHOOK_TIMEOUT_SECONDS,
+                                     allow_redirects=False)
+            status_code = response.status_code
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}"
+        except requests.RequestException as exc:
+            error = f"{type(exc).__name__}: {exc}"
     now = timezone.now()
     delivery.attempts += 1
     delivery.last_status_code = status_code
     delivery.last_error = error[:300]
     delivery.delivered_at = now if not error else None
-    tries_left = delivery.attempts < WEBHOOK_MAX_TRIES
+    tries_left = delivery.attempts < WEBHOOK_MAX_TRIES and not refused
     delivery.next_retry_at = (
         now + timedelta(seconds=retry_delay_seconds(delivery.attempts - 1)) if error and tries_left else None
     )

@@ -165,6 +165,9 @@ GATEWAY_CREDENTIALS_KEY = envstr("GATEWAY_CREDENTIALS_KEY")
 GATEWAY_RETRY_DELAYS = tuple(float(v) for v in envlist("GATEWAY_RETRY_DELAYS", "0.5,1,2"))
 GATEWAY_RECONCILE_RETRY_SECONDS = float(envstr("GATEWAY_RECONCILE_RETRY_SECONDS", "30"))
 WEBHOOK_RETRY_BASE_SECONDS = float(envstr("WEBHOOK_RETRY_BASE_SECONDS", "30"))
+# Callback URLs that resolve to private, loopback or link-local addresses are refused
+# in production (a tenant must not make our workers probe our own network).
+WEBHOOK_ALLOW_PRIVATE_ADDRESSES = envbool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", DEBUG)
 # Recovery sweep (gateways.recovery): unfinished work older than this is presumed to
 # have lost its Celery message and is sent again. Longer than a charge takes, and
 # shorter than VAULT_TTL_SECONDS so a lost charge still finds its card.

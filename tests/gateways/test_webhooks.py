@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from gateways import webhooks
 from gateways.config import WEBHOOK_MAX_TRIES
 from gateways.models import WebhookDelivery
 from gateways.recovery import recover_stuck_work
@@ -182,3 +183,19 @@ def test_delivery_log_is_read_only_and_walled_in_the_admin(alpha, beta, webhook_
     assert beta.client_for("admin").get(f"/admin/gateways/webhookdelivery/{delivery.pk}/change/").status_code in (
         302, 404)
     assert alpha.client_for("admin").get("/admin/gateways/webhookdelivery/add/").status_code == 403
+
+
+def test_callbacks_to_non_public_addresses_are_refused_in_production(
+    alpha, webhook_receiver, django_capture_on_commit_callbacks, settings
+):
+    settings.WEBHOOK_ALLOW_PRIVATE_ADDRESSES = False  # the production default
+    url, inbox = webhook_receiver(alpha.tenant.webhook_secret)  # a receiver on 127.0.0.1
+    session, _attempt = approved_payment(alpha, url, django_capture_on_commit_callbacks)
+
+    time.sleep(0.3)
+    assert inbox.received == []  # nothing was sent into our own network
+    delivery = WebhookDelivery.objects.get(session=session)
+    assert not delivery.delivered and "non-public address" in delivery.last_error
+    assert delivery.next_retry_at is None  # refused for good, not retried
+    assert webhooks.non_public_address("https://8.8.8.8/hook") == ""
+    assert webhooks.non_public_address("https://169.254.169.254/latest/meta-data/").startswith("refused")
