@@ -483,6 +483,8 @@ def worker_env(transactional_db, settings) -> Iterator[dict[str, str]]:
         "GATEWAY_RECONCILE_RETRY_SECONDS": "1",
         "WEBHOOK_RETRY_BASE_SECONDS": "0.2",
         "DEBUG": "0",
+        # The test's webhook receiver listens on loopback, which production refuses (SSRF guard).
+        "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "1",
         "ALLOWED_HOSTS": "127.0.0.1",
     }
     env.pop(CRASH_ENV, None)
