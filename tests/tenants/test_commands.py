@@ -76,6 +76,12 @@ def test_create_user_and_api_key(db):
     assert not user.is_staff
 
 
+def create_user_args(
+    username: str = "u", *extra: str, tenant: str = "dup", role: str = "agent", password: str = "pw-long-enough-1"
+) -> list[str]:
+    return ["create_user", "--tenant", tenant, "--username", username, "--role", role, "--password", password, *extra]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -83,64 +89,14 @@ def test_create_user_and_api_key(db):
         (["create_tenant", "--slug", "bad slug!", "--name", "X"], "invalid slug"),
         (["create_tenant", "--slug", "cur", "--name", "X", "--currency", "EURO"], "invalid currency"),
         (["create_tenant", "--name", "X"], "--slug"),
-        (
-            ["create_user", "--tenant", "nope", "--username", "u", "--role", "agent", "--password", "pw-long-enough-1"],
-            "unknown tenant",
-        ),
-        (
-            ["create_user", "--tenant", "dup", "--username", "u", "--role", "boss", "--password", "pw-long-enough-1"],
-            "unknown role",
-        ),
-        (
-            ["create_user", "--tenant", "dup", "--username", "u", "--role", "agent", "--password", "123"],
-            "password rejected",
-        ),
-        (["create_api_key", "--tenant", "nope"], "unknown tenant"),
         (["create_tenant", "--slug", "long", "--name", "N" * 201], "name:"),
-        (
-            [
-                "create_user",
-                "--tenant",
-                "dup",
-                "--username",
-                "bad name!",
-                "--role",
-                "agent",
-                "--password",
-                "pw-long-enough-1",
-            ],
-            "username:",
-        ),
-        (
-            [
-                "create_user",
-                "--tenant",
-                "dup",
-                "--username",
-                "u" * 151,
-                "--role",
-                "agent",
-                "--password",
-                "pw-long-enough-1",
-            ],
-            "username:",
-        ),
-        (
-            [
-                "create_user",
-                "--tenant",
-                "dup",
-                "--username",
-                "mail",
-                "--role",
-                "agent",
-                "--email",
-                "not-an-email",
-                "--password",
-                "pw-long-enough-1",
-            ],
-            "email:",
-        ),
+        (create_user_args(tenant="nope"), "unknown tenant"),
+        (create_user_args(role="boss"), "unknown role"),
+        (create_user_args(password="123"), "password rejected"),
+        (create_user_args("bad name!"), "username:"),
+        (create_user_args("u" * 151), "username:"),
+        (create_user_args("mail", "--email", "not-an-email"), "email:"),
+        (["create_api_key", "--tenant", "nope"], "unknown tenant"),
         (["create_api_key", "--tenant", "dup", "--name", "k" * 101], "name:"),
     ],
 )
