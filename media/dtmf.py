@@ -32,7 +32,10 @@ How it works (spandsp-like ``init -> feed -> events``, but finer in time):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache, reduce
+from operator import add
 
 import numpy as np
 
@@ -68,6 +71,10 @@ SWITCH_FRAMES = 3  # another digit must persist this long to cut a segment
 ONSET_FRAMES = 12  # estimate onset once the envelope has surely plateaued
 
 _BASIS_SCALE = 2.0**24
+# Per-frame twist limits (the segment's mean twist is held to the tighter ones).
+_MAX_FRAME_TWIST = 10 ** ((MAX_NORMAL_TWIST_DB + FRAME_TWIST_SLACK_DB) / 20)
+_MIN_FRAME_TWIST = 10 ** (-(MAX_REVERSE_TWIST_DB + FRAME_TWIST_SLACK_DB) / 20)
+_PER_RAD = SAMPLE_RATE / (2 * np.pi * LAG_FRAMES * BLOCK)  # Hz per radian of pulse-pair phase
 
 
 @dataclass(frozen=True)
@@ -98,80 +105,227 @@ def _rotation(freqs: np.ndarray) -> np.ndarray:
 
 class BlockAnalyzer:
     """Cuts n parallel streams into 2.5 ms blocks and correlates them with a set
-    of integer frequencies (default: the 8 DTMF ones, in FREQS order)."""
+    of integer frequencies (default: the 8 DTMF ones, in FREQS order).
+
+    ``push`` advances every stream by the same samples (any count: a partial
+    block waits in ``pending``); ``push_rows`` advances only some streams, by
+    whole blocks.  Each stream counts its own blocks (``blocks_done``), so a
+    block's phase reference is its start on that stream's own clock.
+    ``push_joint``/``push_rows_joint`` return X and E as one array (see there).
+    """
 
     def __init__(self, n_streams: int, freqs: tuple[int, ...] = FREQS) -> None:
         self.n = n_streams
         self.freqs = np.array(freqs, dtype=np.int64)
         self.basis = _basis(freqs)
+        # The same columns interleaved (cos f0, -sin f0, cos f1, ...): the product,
+        # viewed as complex128, is the block's correlation without a copy.
+        nf = len(freqs)
+        self._pairs = np.ascontiguousarray(self.basis[:, np.arange(2 * nf).reshape(2, nf).T.ravel()])
         self.rotation = _rotation(self.freqs)
         self.pending = np.zeros((n_streams, 0), dtype=np.float64)
-        self.blocks_done = 0
-        # Block index at which each stream (re)started: phases are per stream.
-        self.origin = np.zeros(n_streams, dtype=np.int64)
-        self.x_hist = np.zeros((n_streams, HISTORY_BLOCKS, len(freqs)), dtype=np.complex128)
-        self.e_hist = np.zeros((n_streams, HISTORY_BLOCKS), dtype=np.float64)
+        # Blocks analysed per stream since it (re)started: its block clock.
+        self.blocks_done = np.zeros(n_streams, dtype=np.int64)
+        # Last HISTORY_BLOCKS blocks: X, then E as one more (real) complex column.
+        self.hist = np.zeros((n_streams, HISTORY_BLOCKS, nf + 1), dtype=np.complex128)
 
     def reset_stream(self, i: int) -> None:
-        """Start stream i afresh at the current block (its block 0, silent history).
-        Only between blocks: with a partial block pending, streams would disagree."""
+        """Start stream i afresh (its block 0, silent history).  Only between
+        blocks: with a partial block pending, streams would disagree."""
         if self.pending.shape[1]:
             raise RuntimeError("reset_stream needs block-aligned input (a multiple of BLOCK samples)")
-        self.origin[i] = self.blocks_done
-        self.x_hist[i] = 0
-        self.e_hist[i] = 0
+        self.blocks_done[i] = 0
+        self.hist[i] = 0
 
     def resize(self, n_streams: int) -> None:
-        """Grow to n_streams streams; new streams start at the current block."""
+        """Grow to n_streams streams; new streams start at their block 0."""
         if self.pending.shape[1]:
             raise RuntimeError("resize needs block-aligned input (a multiple of BLOCK samples)")
         extra = n_streams - self.n
         if extra < 0:
             raise ValueError("streams can only be added")
         self.pending = np.zeros((n_streams, 0), dtype=np.float64)
-        self.origin = np.concatenate([self.origin, np.full(extra, self.blocks_done, dtype=np.int64)])
-        self.x_hist = np.concatenate([self.x_hist, np.zeros((extra, *self.x_hist.shape[1:]), self.x_hist.dtype)])
-        self.e_hist = np.concatenate([self.e_hist, np.zeros((extra, HISTORY_BLOCKS))])
+        self.blocks_done = np.concatenate([self.blocks_done, np.zeros(extra, dtype=np.int64)])
+        self.hist = np.concatenate([self.hist, np.zeros((extra, *self.hist.shape[1:]), self.hist.dtype)])
         self.n = n_streams
 
-    def push(self, samples: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-        """Add samples (n, m); return (first new block index, X, E) where X/E hold
-        the HISTORY_BLOCKS previous blocks followed by the new complete blocks."""
+    def push(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Add samples (n, m) to every stream; return (k0, X, E): k0[i] is stream
+        i's own index of its first new block, X/E hold the HISTORY_BLOCKS previous
+        blocks followed by the new complete blocks."""
+        return split_joint(*self.push_joint(samples))
+
+    def push_rows(self, rows: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As push, for the streams `rows` only (distinct indices; row j of samples
+        and of the results is stream rows[j]); whole blocks only, so that the
+        streams left out stay block-aligned."""
+        return split_joint(*self.push_rows_joint(rows, samples))
+
+    def push_joint(self, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As push, but X and E in one array XE (n, blocks, nf + 1): XE[..., :nf]
+        is X, XE[..., nf] is E (imaginary part 0), so that one window sum covers
+        both (joint_windows)."""
         data = np.concatenate([self.pending, np.asarray(samples, dtype=np.float64)], axis=1)
         k = data.shape[1] // BLOCK
         self.pending = data[:, k * BLOCK :]
-        k0 = self.blocks_done
-        blocks = data[:, : k * BLOCK].reshape(self.n, k, BLOCK)
-        corr = blocks @ self.basis  # exact: integer samples x 2**-24-quantised basis
-        # Block start -> absolute stream phase; a table lookup (the phases repeat
-        # every second) gives the very values the formula in _rotation gives.
-        local = np.arange(k0, k0 + k, dtype=np.int64)
-        if self.origin.any():
-            rot = self.rotation[(local[None, :] - self.origin[:, None]) % _ROT_PERIOD]
-        else:
-            rot = self.rotation[local % _ROT_PERIOD][None]
+        return self._analyse(None, data[:, : k * BLOCK])
+
+    def push_rows_joint(self, rows: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As push_rows, with X and E in one array (push_joint)."""
+        if self.pending.shape[1]:
+            raise RuntimeError("push_rows needs block-aligned streams: push() left a partial block")
+        samples = np.asarray(samples, dtype=np.float64)
+        if samples.ndim != 2 or samples.shape[0] != len(rows) or samples.shape[1] % BLOCK:
+            raise ValueError(f"expected shape ({len(rows)}, a multiple of {BLOCK}), got {samples.shape}")
+        return self._analyse(np.asarray(rows, dtype=np.int64), samples)
+
+    def _analyse(self, rows: np.ndarray | None, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whole blocks `data` (k, blocks * BLOCK) of the streams `rows` (None: all).
+        Only those rows' state is gathered and written back: O(k) work."""
+        sel = slice(None) if rows is None else rows
+        n, k = data.shape[0], data.shape[1] // BLOCK
+        k0 = self.blocks_done.copy() if rows is None else self.blocks_done[rows]  # a copy: blocks_done moves on
         nf = self.freqs.size
-        x_new = (corr[..., :nf] + 1j * corr[..., nf:]) * rot
-        e_new = np.einsum("nkb,nkb->nk", blocks, blocks)
-        x = np.concatenate([self.x_hist, x_new], axis=1)
-        e = np.concatenate([self.e_hist, e_new], axis=1)
-        self.x_hist = x[:, -HISTORY_BLOCKS:]
-        self.e_hist = e[:, -HISTORY_BLOCKS:]
-        self.blocks_done += k
-        return k0, x, e
+        blocks = data.reshape(n * k, BLOCK)  # one 2-D product: a stacked matmul costs a BLAS call per row
+        # Exact (integer samples x 2**-24-quantised basis), so layout and BLAS
+        # blocking cannot change a bit; re/im interleaved = complex values.
+        corr = (blocks @ self._pairs).view(np.complex128).reshape(n, k, nf)
+        # Block start -> phase on the stream's own clock; a table lookup (the
+        # phases repeat every second) gives the very values _rotation's formula gives.
+        if rows is None and k0.size and (k0 == k0[0]).all():
+            rot = self.rotation[(k0[0] + np.arange(k)) % _ROT_PERIOD][None]  # lock-step: one row for all
+        else:
+            rot = self.rotation[(k0[:, None] + np.arange(k)[None, :]) % _ROT_PERIOD]
+        # History then new blocks, written in place (no concatenate temporaries).
+        xe = np.empty((n, HISTORY_BLOCKS + k, nf + 1), dtype=np.complex128)
+        xe[:, :HISTORY_BLOCKS] = self.hist[sel]
+        np.multiply(corr, rot, out=xe[:, HISTORY_BLOCKS:, :nf])
+        xe[:, HISTORY_BLOCKS:, nf] = np.vecdot(blocks, blocks).reshape(n, k)  # exact: sums of integer squares
+        self.hist = keep_rows(self.hist, rows, xe[:, -HISTORY_BLOCKS:])
+        self.blocks_done[sel] += k
+        return k0, xe
+
+
+def split_joint(k0: np.ndarray, xe: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(k0, X, E) views of a joint analysis (k0, XE)."""
+    return k0, xe[..., :-1], xe[..., -1].real
+
+
+def keep_rows(state: np.ndarray, rows: np.ndarray | None, new: np.ndarray) -> np.ndarray:
+    """Updated per-stream state: `new` itself when every stream took part (no
+    copy), else `state` with the rows `rows` overwritten by `new`."""
+    if rows is None:
+        return new
+    state[rows] = new
+    return state
+
+
+def row_positions(rows: np.ndarray | None, slots: Iterable[int]) -> dict[int, int]:
+    """{slot: j} for each of `slots` that is rows[j] (rows None: every slot, j = slot).
+    Lets sparse per-stream Python state be matched to a push in O(k log k + slots)."""
+    if rows is None:
+        return {s: s for s in slots}
+    slots = list(slots)
+    if not slots or not rows.size:
+        return {}
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    wanted = np.array(slots, dtype=np.int64)
+    at = np.minimum(np.searchsorted(ordered, wanted), ordered.size - 1)
+    hit = ordered[at] == wanted
+    return dict(zip(wanted[hit].tolist(), order[at[hit]].tolist(), strict=True))
+
+
+def check_rows(rows: Sequence[int] | np.ndarray, block: np.ndarray, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a push to some streams: `rows` distinct slot indices in [0, n_slots),
+    `block` (len(rows), m) with m a positive multiple of BLOCK.  Returns (rows as
+    a fresh int64 array, block as an array); raises ValueError/IndexError."""
+    r = np.asarray(rows)
+    if r.ndim != 1:
+        raise ValueError(f"rows must be a 1-D sequence of slot indices, got shape {r.shape}")
+    if r.size and r.dtype.kind not in "iu":
+        raise ValueError(f"rows must be integer slot indices, got dtype {r.dtype}")
+    r = r.astype(np.int64)
+    listed = r.tolist()  # plain min/max/set on a list: cheaper than numpy calls for a push of tens of rows
+    if listed and (min(listed) < 0 or max(listed) >= n_slots):
+        outside = (r < 0) | (r >= n_slots)
+        raise IndexError(f"no stream in slot {int(r[outside][0])} (slots are 0..{n_slots - 1})")
+    if len(set(listed)) != len(listed):
+        ordered = np.sort(r)
+        twice = ordered[1:][ordered[1:] == ordered[:-1]]
+        raise ValueError(f"rows must be distinct: slot {int(twice[0])} appears more than once")
+    block = np.asarray(block)
+    if block.ndim != 2 or block.shape[0] != r.size:
+        raise ValueError(f"expected a block of shape ({r.size}, m) for {r.size} rows, got {block.shape}")
+    if block.shape[1] <= 0 or block.shape[1] % BLOCK:
+        raise ValueError(f"samples per row must be a positive multiple of {BLOCK}, got {block.shape[1]}")
+    return r, block
 
 
 def window_sum(values: np.ndarray, length: int, count: int) -> np.ndarray:
     """Sums of `length` consecutive entries along axis 1, for the last `count`
     positions, added in a fixed order (bit-identical however input was chunked)."""
     total = values.shape[1]
-    out = values[:, total - count :].copy()
-    for lag in range(1, length):
+    if length == 1:
+        return values[:, total - count :].copy()
+    out = values[:, total - count :] + values[:, total - count - 1 : total - 1]  # = copy, then +=
+    for lag in range(2, length):
         out += values[:, total - count - lag : total - lag]
     return out
 
 
-@dataclass
+def short_windows(x: np.ndarray, e: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """10 ms (HIGH_BLOCKS) windows of the last `count` frames: (W (n, count, nf),
+    energy (n, count), amplitude |W| * 2 / window, tone-major (nf, n, count)).
+    The masker's onset detector and the receiver share them: elementwise, so a
+    column is the same bit for bit whether computed alone or with others."""
+    w = window_sum(x, HIGH_BLOCKS, count)
+    return w, window_sum(e, HIGH_BLOCKS, count), _amplitudes(w)
+
+
+def joint_windows(xe: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """short_windows of a joint analysis XE (BlockAnalyzer.push_joint): one
+    window sum for X and E.  E's column is real (imaginary parts 0), so its
+    complex sums have the very real parts window_sum(E) gives."""
+    w = window_sum(xe, HIGH_BLOCKS, count)
+    return w[..., :-1], np.ascontiguousarray(w[..., -1].real), _amplitudes(w[..., :-1])
+
+
+def _amplitudes(w: np.ndarray) -> np.ndarray:
+    """|W| * 2 / (10 ms window), tone-major (nf, n, count): each tone's values are
+    one contiguous slab, which keeps the many small elementwise steps cheap."""
+    n, count, nf = w.shape
+    amp = np.empty((nf, n, count))
+    np.abs(w.transpose(2, 0, 1), out=amp)
+    amp *= 2.0 / (HIGH_BLOCKS * BLOCK)
+    return amp
+
+
+@lru_cache(maxsize=64)
+def _arange(n: int) -> np.ndarray:
+    """Read-only np.arange(n), cached (index vectors for fancy indexing)."""
+    out = np.arange(n)
+    out.flags.writeable = False
+    return out
+
+
+def _first_at_least(values: list[float], level: float) -> int:
+    """Index of the first value >= level, 0 if none (np.argmax(values >= level))."""
+    for j, v in enumerate(values):
+        if v >= level:
+            return j
+    return 0
+
+
+def _first_below(values: list[float], level: float) -> int | None:
+    """Index of the first value < level, None if none."""
+    for j, v in enumerate(values):
+        if v < level:
+            return j
+    return None
+
+
+@dataclass(slots=True)  # slots: faster attribute access in the per-frame loops
 class _Segment:
     digit: int
     first: int
@@ -189,16 +343,24 @@ class _Segment:
 
 
 class _StreamState:
+    __slots__ = ("segment", "last_press")
+
     def __init__(self) -> None:
         self.segment: _Segment | None = None
         self.last_press: KeyPress | None = None
 
 
 class BatchDtmfDetector:
-    """DTMF receiver for n_streams parallel streams fed in lock-step.
+    """DTMF receiver for n_streams parallel streams.
 
     ``feed(block)`` takes an (n_streams, n_samples) array of int16-range samples
     and returns, per stream, the key presses that ended in this block.
+    ``feed_rows(rows, block)`` feeds some streams only (whole 2.5 ms blocks), so
+    that streams whose packets arrive at different moments can share one
+    detector; the others do not advance.  Every stream has its own clock: key
+    press times are ms from its first sample (``reset_stream`` restarts it).
+    A stream's key presses do not depend on how its pushes were grouped with
+    other streams' (bit-identical to a DtmfDetector fed the same chunks).
     """
 
     def __init__(self, n_streams: int, sample_rate: int = SAMPLE_RATE) -> None:
@@ -206,12 +368,13 @@ class BatchDtmfDetector:
             raise ValueError(f"only {SAMPLE_RATE} Hz is supported, got {sample_rate}")
         self.n = n_streams
         self.analyzer = BlockAnalyzer(n_streams)
-        self.w_lo_hist = np.zeros((n_streams, LAG_FRAMES, 4), dtype=np.complex128)
-        self.w_hi_hist = np.zeros((n_streams, LAG_FRAMES, 4), dtype=np.complex128)
+        # Last LAG_FRAMES windows of the 8 tones (15 ms low, 10 ms high), for the pulse pairs.
+        self.w_hist = np.zeros((n_streams, LAG_FRAMES, 8), dtype=np.complex128)
         self.cand_hist = np.full((n_streams, LAG_FRAMES), -1, dtype=np.int64)
-        self.amp_ring = np.zeros((n_streams, RING, 8), dtype=np.float64)
+        self.amp_ring = np.zeros((n_streams, 8, RING), dtype=np.float64)  # per stream: tone, frame
         self.states = [_StreamState() for _ in range(n_streams)]
-        self.samples_in = 0
+        self.open: set[int] = set()  # streams with an open segment: the only ones Python visits unasked
+        self.samples_in = np.zeros(n_streams, dtype=np.int64)  # per stream, since it (re)started
         self.flushed = False
 
     def feed(self, block: np.ndarray) -> list[list[KeyPress]]:
@@ -222,121 +385,248 @@ class BatchDtmfDetector:
         if self.flushed:
             raise RuntimeError("detector already flushed")
         self.samples_in += block.shape[1]
-        k0, x, e = self.analyzer.push(block)
-        return self.process(k0 - self.analyzer.origin, x, e)
+        return self._process_joint(*self.analyzer.push_joint(block))
+
+    def feed_rows(self, rows: Sequence[int] | np.ndarray, block: np.ndarray) -> list[list[KeyPress]]:
+        """Feed the streams `rows` (distinct indices, any order) with block
+        (len(rows), m), m a positive multiple of BLOCK; return the key presses
+        that ended, one list per row.  Other streams do not advance.  Bad
+        arguments raise ValueError/IndexError and change nothing."""
+        rows, block = check_rows(rows, block, self.n)
+        if self.flushed:
+            raise RuntimeError("detector already flushed")
+        k0, xe = self.analyzer.push_rows_joint(rows, block)  # checks that no partial block is pending
+        self.samples_in[rows] += block.shape[1]
+        return self._process_joint(k0, xe, rows)
 
     def flush(self) -> list[list[KeyPress]]:
         """End of stream: pad with silence so open key presses end, return them."""
         if self.flushed:
             return [[] for _ in range(self.n)]
         pad = (-self.analyzer.pending.shape[1]) % BLOCK + (GAP_FRAMES + LOW_BLOCKS + 4) * BLOCK
-        k0, x, e = self.analyzer.push(np.zeros((self.n, pad)))
-        out = self.process(k0 - self.analyzer.origin, x, e)
+        out = self._process_joint(*self.analyzer.push_joint(np.zeros((self.n, pad))))
         self.flushed = True
-        limit = 1000.0 * self.samples_in / SAMPLE_RATE
-        return [[_clip(kp, limit) for kp in presses] for presses in out]
+        limits = (1000.0 * self.samples_in / SAMPLE_RATE).tolist()  # each stream ends at its own last sample
+        return [[_clip(kp, limit) for kp in presses] for presses, limit in zip(out, limits, strict=True)]
 
     def reset_stream(self, i: int) -> None:
-        """Start stream i afresh (a new call in a reused slot): its frame numbers,
-        and so its key press times, count from the current block again."""
+        """Start stream i afresh (a new call in a reused slot): its next sample
+        is its sample 0, so its key press times count from there."""
         self.analyzer.reset_stream(i)
-        self.w_lo_hist[i] = 0
-        self.w_hi_hist[i] = 0
+        self.w_hist[i] = 0
         self.cand_hist[i] = -1
         self.amp_ring[i] = 0
         self.states[i] = _StreamState()
+        self.open.discard(i)
+        self.samples_in[i] = 0
 
     def resize(self, n_streams: int) -> None:
-        """Grow to n_streams streams; the new ones start at the current block."""
+        """Grow to n_streams streams; the new ones start at their sample 0."""
         extra = n_streams - self.n
         self.analyzer.resize(n_streams)
 
         def grow(a: np.ndarray, fill: float) -> np.ndarray:
             return np.concatenate([a, np.full((extra, *a.shape[1:]), fill, dtype=a.dtype)])
 
-        self.w_lo_hist, self.w_hi_hist = grow(self.w_lo_hist, 0), grow(self.w_hi_hist, 0)
+        self.w_hist = grow(self.w_hist, 0)
         self.cand_hist, self.amp_ring = grow(self.cand_hist, -1), grow(self.amp_ring, 0)
+        self.samples_in = grow(self.samples_in, 0)
         self.states += [_StreamState() for _ in range(extra)]
         self.n = n_streams
 
-    def process(self, k0: int | np.ndarray, x: np.ndarray, e: np.ndarray) -> list[list[KeyPress]]:
-        """Frame decisions for blocks k0.. (output of BlockAnalyzer.push); k0 may
-        be one number per stream (streams started at different blocks)."""
-        count = x.shape[1] - HISTORY_BLOCKS
-        out: list[list[KeyPress]] = [[] for _ in range(self.n)]
-        if count <= 0:
-            return out
-        k0s = [int(k0)] * self.n if np.ndim(k0) == 0 else np.asarray(k0).tolist()
-        # Plain fancy indexing instead of take_along_axis (same values, less overhead).
-        ii, kk = np.arange(self.n)[:, None], np.arange(count)[None, :]
-        w_lo = window_sum(x[..., :4], LOW_BLOCKS, count)
-        w_hi = window_sum(x[..., 4:], HIGH_BLOCKS, count)
-        a_lo = np.abs(w_lo) * (2.0 / (LOW_BLOCKS * BLOCK))
-        a_hi = np.abs(w_hi) * (2.0 / (HIGH_BLOCKS * BLOCK))
-        i_lo = a_lo.argmax(axis=2)
-        i_hi = a_hi.argmax(axis=2)
-        s_lo = np.sort(a_lo, axis=2)
-        s_hi = np.sort(a_hi, axis=2)
-        p_lo, p_hi = s_lo[..., 3], s_hi[..., 3]
-        # Level, twist and energy share one 10 ms window so that partly filled
-        # windows at a tone's edges cannot fake a smaller twist.
-        w_lo10 = window_sum(x[..., :4], HIGH_BLOCKS, count)
-        q_lo = np.abs(w_lo10[ii, kk, i_lo]) * (2.0 / (HIGH_BLOCKS * BLOCK))
-        energy = window_sum(e, HIGH_BLOCKS, count)
-        twist = q_lo / np.maximum(p_hi, 1e-9)
-        valid = (
-            (q_lo >= MIN_LEVEL)
-            & (p_hi >= MIN_LEVEL)
-            & (p_lo >= GROUP_PEAK_RATIO * s_lo[..., 2])
-            & (p_hi >= GROUP_PEAK_RATIO * s_hi[..., 2])
-            & (twist <= 10 ** ((MAX_NORMAL_TWIST_DB + FRAME_TWIST_SLACK_DB) / 20))
-            & (twist >= 10 ** (-(MAX_REVERSE_TWIST_DB + FRAME_TWIST_SLACK_DB) / 20))
-            & ((q_lo**2 + p_hi**2) * (HIGH_BLOCKS * BLOCK / 2) >= MIN_CONCENTRATION * energy)
-        )
-        cand = np.where(valid, i_lo * 4 + i_hi, -1)
-
-        # Pulse-pair products W[k] * conj(W[k - LAG]) at the frame's own tones.
-        wl = np.concatenate([self.w_lo_hist, w_lo], axis=1)
-        wh = np.concatenate([self.w_hi_hist, w_hi], axis=1)
-        ch = np.concatenate([self.cand_hist, cand], axis=1)
-        now_lo = w_lo[ii, kk, i_lo]
-        now_hi = w_hi[ii, kk, i_hi]
-        then_lo = wl[ii, kk, i_lo]  # wl[:, :count]: LAG_FRAMES earlier
-        then_hi = wh[ii, kk, i_hi]
-        same = valid & (ch[:, :count] == cand)
-        pp_lo = np.where(same, now_lo * np.conj(then_lo), 0)
-        pp_hi = np.where(same, now_hi * np.conj(then_hi), 0)
-        self.w_lo_hist = wl[:, -LAG_FRAMES:]
-        self.w_hi_hist = wh[:, -LAG_FRAMES:]
-        self.cand_hist = ch[:, -LAG_FRAMES:]
-
-        amps = np.concatenate([self.amp_ring, np.concatenate([a_lo, a_hi], axis=2)], axis=1)
-        self.amp_ring = amps[:, -RING:]
-        # Python only touches candidate frames and open segments, in bulk lists.
-        rows, rels = np.nonzero(valid)
-        values = zip(
-            rels.tolist(),
-            cand[rows, rels].tolist(),
-            p_lo[rows, rels].tolist(),
-            p_hi[rows, rels].tolist(),
-            q_lo[rows, rels].tolist(),
-            pp_lo[rows, rels].tolist(),
-            pp_hi[rows, rels].tolist(),
-            strict=True,
-        )
-        per_stream: dict[int, list[tuple]] = {}
-        for i, item in zip(rows.tolist(), values, strict=True):
-            per_stream.setdefault(i, []).append(item)
-        for i, st in enumerate(self.states):
-            if st.segment is not None and i not in per_stream:
-                per_stream[i] = []
-        for i, items in per_stream.items():
-            k = k0s[i]  # base = k - RING is the frame number of amps[i, 0]
-            out[i] = self._run_stream(self.states[i], k, k + count, k - RING, amps[i], items)
+    def process(
+        self, k0: int | np.ndarray, x: np.ndarray, e: np.ndarray, rows: np.ndarray | None = None
+    ) -> list[list[KeyPress]]:
+        """Frame decisions for blocks k0.. (output of BlockAnalyzer.push or
+        push_rows); k0 may be one number per row (streams started at different
+        blocks).  Row j of x/e is stream rows[j] (rows None: all, j = stream)."""
+        out: list[list[KeyPress]] = [[] for _ in range(x.shape[0])]
+        for j, presses in self.process_sparse(k0, x, e, rows).items():
+            out[j] = presses
         return out
 
-    def _run_stream(self, st, k0, end_frame, base, amps, items) -> list[KeyPress]:
-        presses: list[KeyPress] = []
+    def _process_joint(self, k0: np.ndarray, xe: np.ndarray, rows: np.ndarray | None = None) -> list[list[KeyPress]]:
+        """process() of a joint analysis (BlockAnalyzer.push_joint)."""
+        count = xe.shape[1] - HISTORY_BLOCKS
+        windows = joint_windows(xe, count) if count > 0 else None
+        out: list[list[KeyPress]] = [[] for _ in range(xe.shape[0])]
+        for j, presses in self.process_sparse(*split_joint(k0, xe), rows, windows).items():
+            out[j] = presses
+        return out
+
+    def process_sparse(
+        self,
+        k0: int | np.ndarray,
+        x: np.ndarray,
+        e: np.ndarray,
+        rows: np.ndarray | None = None,
+        windows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> dict[int, list[KeyPress]]:
+        """As process, but only the rows that have key presses: {row j: presses}.
+        `windows`: short_windows(x', e, count) of an analysis x' whose first 8
+        frequencies are FREQS (the masker's), instead of computing them here."""
+        count = x.shape[1] - HISTORY_BLOCKS
+        if count <= 0:
+            return {}
+        w4, e4, a4 = short_windows(x, e, count) if windows is None else windows
+        sel = slice(None) if rows is None else rows
+        n = x.shape[0]
+        frames = n * count  # (stream, frame) pairs, flattened
+        # Windows of the 8 tones (15 ms low, 10 ms high) after the last LAG_FRAMES
+        # ones, for the pulse pairs.  15 ms low-group windows: window_sum(x[..., :4],
+        # LOW_BLOCKS) adds blocks k..k-3 (= the 10 ms sums) then k-4 and k-5.
+        w_lo = w4[..., :4] + x[:, 1 : count + 1, :4]
+        w_lo += x[:, :count, :4]
+        wp = np.empty((n, LAG_FRAMES + count, 8), dtype=np.complex128)
+        wp[:, :LAG_FRAMES] = self.w_hist[sel]
+        wp[:, LAG_FRAMES:, :4] = w_lo
+        wp[:, LAG_FRAMES:, 4:] = w4[..., 4:8]
+        self.w_hist = keep_rows(self.w_hist, rows, wp[:, -LAG_FRAMES:])
+        # Tone amplitudes, tone-major (8, n, count) like a4: contiguous slabs.
+        tones = np.empty((8, n, count))
+        np.abs(w_lo.transpose(2, 0, 1), out=tones[:4])
+        tones[:4] *= 2.0 / (LOW_BLOCKS * BLOCK)
+        tones[4:] = a4[4:8]
+        amps = np.empty((n, 8, RING + count))  # the ring's history, then the new frames
+        amps[:, :, :RING] = self.amp_ring[sel]
+        amps[:, :, RING:] = tones.transpose(1, 0, 2)
+        self.amp_ring = keep_rows(self.amp_ring, rows, amps[:, :, -RING:])
+        groups = tones.reshape(2, 4, frames)  # (low, high) x 4 tones
+        best = groups.argmax(axis=1)  # i_lo, i_hi
+        peak = groups.max(axis=1)  # p_lo, p_hi
+        # Dominance, p >= GROUP_PEAK_RATIO * (second strongest), without a sort:
+        # rounding is monotonic, so that holds iff no tone but the strongest has
+        # GROUP_PEAK_RATIO * a > p (the strongest always has, unless p == 0).
+        dominant = (GROUP_PEAK_RATIO * groups > peak[:, None]).sum(axis=1) <= 1
+        p_hi = peak[1]
+        # Level, twist and energy share one 10 ms window so that partly filled
+        # windows at a tone's edges cannot fake a smaller twist.
+        q_lo = a4.reshape(a4.shape[0], frames)[best[0], _arange(frames)]
+        twist = q_lo / np.maximum(p_hi, 1e-9)
+        valid = (
+            (np.minimum(q_lo, p_hi) >= MIN_LEVEL)
+            & dominant[0]
+            & dominant[1]
+            & (twist <= _MAX_FRAME_TWIST)
+            & (twist >= _MIN_FRAME_TWIST)
+            & ((q_lo**2 + p_hi**2) * (HIGH_BLOCKS * BLOCK / 2) >= MIN_CONCENTRATION * e4.reshape(frames))
+        )
+        digit = best[0] * 4 + best[1]
+        ch = np.concatenate([self.cand_hist[sel], np.where(valid, digit, -1).reshape(n, count)], axis=1)
+        self.cand_hist = keep_rows(self.cand_hist, rows, ch[:, -LAG_FRAMES:])
+
+        # Python only touches candidate frames and open segments, as column lists
+        # (one slice per row) of the candidate frames' values.
+        flat = np.flatnonzero(valid)
+        todo: dict[int, tuple[int, int, int]] = {}  # row j -> its slice a:b of the hit lists, its row index r
+        hits: tuple[list, ...] = ()
+        if flat.size:
+            h = flat.size
+            hit_rows = np.empty(h, dtype=np.int64)
+            frame_digit = np.empty((2, h), dtype=np.int64)  # candidate frames' rel frame, digit
+            np.divmod(flat, count, out=(hit_rows, frame_digit[0]))
+            rels, dig = frame_digit
+            np.take(digit, flat, out=dig)
+            # Pulse-pair products W[k] * conj(W[k - LAG]) at the frame's own tones,
+            # kept only when the lagged frame had the same digit.
+            cols = best[:, flat]
+            cols[1] += 4
+            pp = wp[hit_rows, rels + LAG_FRAMES, cols] * np.conj(wp[hit_rows, rels, cols])
+            pp[:, ch[hit_rows, rels] != dig] = 0
+            peak_h = peak[:, flat]
+            head = np.empty(h, dtype=bool)  # first candidate frame of its row
+            head[0] = True
+            np.not_equal(hit_rows[1:], hit_rows[:-1], out=head[1:])
+            starts = np.flatnonzero(head)
+            # Per row: first/last frame, lowest/highest digit, peak levels (reduceat
+            # of selections: exact), so the common case needs no per-frame lists.
+            lows = np.minimum.reduceat(frame_digit, starts, axis=1).tolist()
+            highs = np.maximum.reduceat(frame_digit, starts, axis=1).tolist()
+            peaks = np.maximum.reduceat(peak_h, starts, axis=1).tolist()
+            pp_lo, pp_hi = pp.tolist()
+            hits = (peak_h[1].tolist(), q_lo[flat].tolist(), pp_lo, pp_hi)
+            cuts = [*starts.tolist(), h]
+            first_rows = hit_rows[starts].tolist()
+            todo = {j: (cuts[r], cuts[r + 1], r) for r, j in enumerate(first_rows)}
+        if self.open:
+            if rows is None:
+                for j in self.open:
+                    todo.setdefault(j, (0, 0, -1))  # open segments may end (or get their onset) without candidates
+            else:
+                for j, i in enumerate(rows.tolist()):
+                    if i in self.open:
+                        todo.setdefault(j, (0, 0, -1))
+        if not todo:
+            return {}
+        k0s = np.asarray(k0, dtype=np.int64)
+        k0s = k0s.tolist() if k0s.ndim else [int(k0s)] * n
+        row_list = None if rows is None else rows.tolist()
+        p_his, q_los, pp_los, pp_his = hits or ((),) * 4
+        states, open_segments = self.states, self.open
+        out: dict[int, list[KeyPress]] = {}
+        for j, (a, b, r) in todo.items():
+            i = j if row_list is None else row_list[j]
+            st = states[i]
+            k0 = k0s[j]
+            seg = was = st.segment
+            presses: list[KeyPress] = []
+            if a < b:
+                # Common cases: the frames all carry one digit, no gap to bridge:
+                # a segment starts or goes on.  _run_items' updates in bulk (max
+                # is exact; reduce(add) adds left to right like its +=).
+                first, d = lows[0][r], lows[1][r]
+                bulk = highs[0][r] - first <= GAP_FRAMES and highs[1][r] == d
+                if bulk and seg is None:
+                    seg = st.segment = _Segment(d, k0 + first, k0 + first)
+                elif bulk:
+                    bulk = k0 + first - seg.last <= GAP_FRAMES and d == seg.digit
+                if bulk:
+                    seg.last = k0 + highs[0][r]
+                    seg.other_count = 0
+                    peak = peaks[0][r]
+                    if peak > seg.peak_lo:
+                        seg.peak_lo = peak
+                    peak = peaks[1][r]
+                    if peak > seg.peak_hi:
+                        seg.peak_hi = peak
+                    seg.sum_lo = reduce(add, q_los[a:b], seg.sum_lo)
+                    seg.sum_hi = reduce(add, p_his[a:b], seg.sum_hi)
+                    los, his = pp_los[a:b], pp_his[a:b]
+                    if 0 in los:  # only frames whose lagged partner had the same digit
+                        his = [hi for lo, hi in zip(los, his, strict=True) if lo]
+                        los = [lo for lo in los if lo]
+                    seg.pp_lo += los
+                    seg.pp_hi += his
+                else:
+                    items = zip(
+                        rels[a:b].tolist(),
+                        dig[a:b].tolist(),
+                        peak_h[0, a:b].tolist(),
+                        *(column[a:b] for column in hits),
+                        strict=True,
+                    )
+                    self._run_items(st, k0, k0 - RING, amps[j], presses, items)
+                seg = st.segment
+            if seg is not None:
+                end_frame = k0 + count
+                if end_frame - 1 - seg.last > GAP_FRAMES:
+                    self._close(st, k0 - RING, amps[j], presses, seg.last + GAP_FRAMES + 1)
+                elif seg.onset is None and seg.first + ONSET_FRAMES < end_frame:
+                    seg.onset = self._onset(seg, k0 - RING, amps[j], seg.first + ONSET_FRAMES)
+            if presses:
+                out[j] = presses
+            if st.segment is None:
+                if was is not None:
+                    open_segments.discard(i)
+            elif st.segment is not was:
+                open_segments.add(i)
+        return out
+
+    def _run_items(
+        self, st: _StreamState, k0: int, base: int, amps: np.ndarray, presses: list[KeyPress], items: Iterable[tuple]
+    ) -> None:
+        """Candidate frames one by one (base: frame number of amps[0]): bridging,
+        digit switches, new segments."""
         for rel, c, p_lo, p_hi, q_lo, pp_lo, pp_hi in items:
             k = k0 + rel
             seg = st.segment
@@ -368,13 +658,6 @@ class BatchDtmfDetector:
             if pp_lo:  # frames whose lagged partner had the same digit
                 seg.pp_lo.append(pp_lo)
                 seg.pp_hi.append(pp_hi)
-        seg = st.segment
-        if seg is not None:
-            if end_frame - 1 - seg.last > GAP_FRAMES:
-                self._close(st, base, amps, presses, seg.last + GAP_FRAMES + 1)
-            elif seg.onset is None and seg.first + ONSET_FRAMES < end_frame:
-                seg.onset = self._onset(seg, base, amps, seg.first + ONSET_FRAMES)
-        return presses
 
     @staticmethod
     def _onset(seg: _Segment, base: int, amps: np.ndarray, upto: int) -> float:
@@ -384,9 +667,9 @@ class BatchDtmfDetector:
         lo_first = max(seg.first - 10, base)
         estimates = []
         for col, blocks in ((lo, LOW_BLOCKS), (4 + hi, HIGH_BLOCKS)):
-            env = amps[lo_first - base : upto - base + 1, col]
-            half = 0.5 * env.max()
-            j = int(np.argmax(env >= half)) - 1  # last frame below half before the rise
+            env = amps[col, lo_first - base : upto - base + 1].tolist()  # Python floats: same IEEE operations
+            half = 0.5 * max(env)
+            j = _first_at_least(env, half) - 1  # last frame below half before the rise
             if j < 0:
                 t = (lo_first + 1) * BLOCK
             else:
@@ -405,17 +688,23 @@ class BatchDtmfDetector:
         if not -MAX_REVERSE_TWIST_DB <= twist_db <= MAX_NORMAL_TWIST_DB:
             return
         lo, hi = divmod(seg.digit, 4)
-        per_rad = SAMPLE_RATE / (2 * np.pi * LAG_FRAMES * BLOCK)
+        # Pulse-pair sums: whole press, second half, first half, per tone.
+        sums = []
+        for pps in (seg.pp_lo, seg.pp_hi):
+            half = len(pps) // 2
+            sums += [sum(pps), sum(pps[half:]), sum(pps[:half])]
+        # All six phases in one call: np.angle of each sum (arctan2 gives the same
+        # value element by element, scalar or array).
+        sums_array = np.array(sums)
+        angles = np.arctan2(sums_array.imag, sums_array.real).tolist()
         measured = []
-        for pps, freq in ((seg.pp_lo, LOW_FREQS[lo]), (seg.pp_hi, HIGH_FREQS[hi])):
-            pp = sum(pps)
-            if abs(pp) < MIN_COHERENCE * sum(map(abs, pps)):
+        for m, pps, freq in ((0, seg.pp_lo, LOW_FREQS[lo]), (3, seg.pp_hi, HIGH_FREQS[hi])):
+            if abs(sums[m]) < MIN_COHERENCE * sum(map(abs, pps)):
                 return
-            offset = np.angle(pp) * per_rad
+            offset = angles[m] * _PER_RAD
             if abs(offset) > MAX_DEVIATION * freq:
                 return
-            half = len(pps) // 2
-            drift = (np.angle(sum(pps[half:])) - np.angle(sum(pps[:half]))) * per_rad
+            drift = (angles[m + 1] - angles[m + 2]) * _PER_RAD
             if abs(drift) > MAX_DRIFT * freq:
                 return
             measured.append(freq + offset)
@@ -427,18 +716,16 @@ class BatchDtmfDetector:
         ends = []
         stop = upto + 1
         for col, blocks in ((lo, LOW_BLOCKS), (4 + hi, HIGH_BLOCKS)):
-            env = amps[seg.last - base : stop - base, col]
+            env = amps[col, seg.last - base : stop - base].tolist()  # Python floats: same IEEE operations
             half = 0.5 * (seg.peak_lo if col < 4 else seg.peak_hi)
-            below = np.flatnonzero(env < half)
-            if below.size == 0:
+            j = _first_below(env, half)
+            if j is None:
                 t = float(stop * BLOCK)
+            elif j == 0:
+                t = (seg.last + 1) * BLOCK
             else:
-                j = int(below[0])
-                if j == 0:
-                    t = (seg.last + 1) * BLOCK
-                else:
-                    a0, a1 = env[j - 1], env[j]
-                    t = (seg.last + j) * BLOCK + BLOCK * (a0 - half) / (a0 - a1)
+                a0, a1 = env[j - 1], env[j]
+                t = (seg.last + j) * BLOCK + BLOCK * (a0 - half) / (a0 - a1)
             ends.append(t - blocks * BLOCK / 2)
         end = sum(ends) / 2
         start_ms = round(max(onset, 0.0)) * 1000.0 / SAMPLE_RATE

@@ -9,9 +9,10 @@ confirmed after 4 flagged frames (10 ms); its start is placed at the rising
 50 % crossing of the tone envelope minus half the window, less a 2.5 ms guard.
 
 ``StreamingMasker`` masks one call; ``BatchStreamingMasker`` masks many calls
-with one set of numpy operations per 20 ms frame (one core then serves
-hundreds of calls).  Both run the same ``_MaskCore``, so a stream's output is
-the same bit for bit whichever is used.
+with one set of numpy operations per push (one core then serves hundreds of
+calls): every call's 20 ms frame at once, or with ``push_rows`` only the calls
+whose packets just arrived.  Both run the same ``_MaskCore``, so a stream's
+output is the same bit for bit whichever is used and however it was grouped.
 
 Why 30 ms: the worst case is a tone first flagged one full window (10 ms) plus
 one block (2.5 ms) after its onset, confirmed 7.5 ms later, with a 2.5 ms guard:
@@ -27,6 +28,8 @@ contiguous interval (or silence); everything else passes bit-exact.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +45,9 @@ from media.dtmf import (
     BatchDtmfDetector,
     BlockAnalyzer,
     KeyPress,
-    window_sum,
+    check_rows,
+    joint_windows,
+    keep_rows,
 )
 from media.dtmf import GAP_FRAMES as RECEIVER_GAP_FRAMES
 
@@ -66,7 +71,7 @@ EVENT_TIMEOUT_FRAMES = int(EVENT_TIMEOUT_MS * SAMPLE_RATE / 1000) // BLOCK
 # off-frequency tones a lenient receiver might still accept get masked as well.
 FLAG_FREQS = FREQS + tuple(round(f * 0.97) for f in FREQS) + tuple(round(f * 1.03) for f in FREQS)
 # FLAG_FREQS is 3 sets (x1, x0.97, x1.03) of 4 low + 4 high tones, so that a
-# reshape to (..., 3, 2, 4) picks the groups without fancy indexing.
+# reshape of the (tone-major) amplitudes to (3, 2, 4, ...) picks the groups.
 _GROUPS = (3, 2, 4)
 assert [f < 1100 for f in FLAG_FREQS] == [True] * 4 + [False] * 4 + [True] * 4 + [False] * 4 + [True] * 4 + [False] * 4
 _MAX_TWIST = 10 ** (FLAG_MAX_NORMAL_TWIST_DB / 20)
@@ -79,7 +84,26 @@ def frame_of_sample(n: np.ndarray | int) -> np.ndarray | int:
     return (n + _DEADLINE_OFFSET) // BLOCK - 1
 
 
-@dataclass
+def first_sample_decided_at(frame: int) -> int:
+    """First output sample n with frame_of_sample(n) >= frame (it is monotonic):
+    (n + offset) // BLOCK >= frame + 1  <=>  n >= BLOCK * (frame + 1) - offset."""
+    return BLOCK * (frame + 1) - _DEADLINE_OFFSET
+
+
+def positions(row_list: list[int] | None, *containers: dict | set) -> list[tuple[int, int]]:
+    """(slot, j) for each slot in any of `containers` that is row_list[j] (None:
+    every slot, j = slot), in row order.  A lookup per row: O(k) for k rows."""
+    if not any(containers):
+        return []
+    if row_list is None:
+        return [(s, s) for s in sorted(set().union(*containers))]
+    if len(containers) == 1:
+        (slots,) = containers
+        return [(i, j) for j, i in enumerate(row_list) if i in slots]
+    return [(i, j) for j, i in enumerate(row_list) if any(i in c for c in containers)]
+
+
+@dataclass(slots=True)
 class _Interval:
     start: int  # samples, inclusive
     end: int | None  # exclusive; None while open
@@ -88,7 +112,7 @@ class _Interval:
     refreshed: int = 0  # frame of the last note_event() for an open event
 
 
-@dataclass
+@dataclass(slots=True)
 class _Run:
     first: int
     last: int
@@ -98,13 +122,16 @@ class _Run:
 
 
 class _MaskCore:
-    """Masking decisions for n streams fed in lock-step: the DSP shared by
-    StreamingMasker (n = 1, any chunk size) and BatchStreamingMasker.
+    """Masking decisions for n streams: the DSP shared by StreamingMasker
+    (n = 1, any chunk size) and BatchStreamingMasker.
 
-    Every stream has its own clock (sample 0 = its first sample), so streams
-    can start at different times.  Python only runs for streams that have a
-    flagged frame, an open burst, an event or a masked interval: in a batch of
-    mostly-speech calls the per-frame cost is the vectorised numpy part.
+    ``push`` advances every stream (lock-step) or only the streams in `rows`
+    (whole blocks): their state rows are gathered, updated and written back,
+    so a push of k streams costs O(k) whatever n is.  Every stream has its own
+    clock (sample 0 = its first sample), so streams can start at different
+    times and advance at different moments.  Python only runs for streams of
+    the push that have a flagged frame, an open burst, an event or a masked
+    interval: in a batch of mostly-speech calls the cost is the numpy part.
     ``prefix`` zero samples are output ahead of each stream (StreamingMasker:
     0, it returns fewer samples instead; batch: HOLDBACK, so every push returns
     a full frame per stream).
@@ -128,7 +155,7 @@ class _MaskCore:
 
     def frames(self, i: int) -> int:
         """Frames (blocks) of stream i analysed so far."""
-        return self.analyzer.blocks_done - int(self.analyzer.origin[i])
+        return int(self.analyzer.blocks_done[i])
 
     def reset_stream(self, i: int) -> None:
         """Stream i starts afresh at its sample 0 (a new call in a reused slot)."""
@@ -152,16 +179,41 @@ class _MaskCore:
         self.tone_hz = np.concatenate([self.tone_hz, np.full(extra, DEFAULT_TONE_HZ)])
         self.n = n_streams
 
-    # -- input side -------------------------------------------------------
-    def analyse(self, samples: np.ndarray) -> list[list[KeyPress]]:
-        """Take (n, m) int16 samples; return the key presses that ended, per stream."""
-        self.buffer = np.concatenate([self.buffer, samples], axis=1)
-        k0, x, e = self.analyzer.push(samples)
-        k0s = k0 - self.analyzer.origin
-        presses = self.detector.process(k0s, x[..., : len(FREQS)], e)
-        self._flag(k0s, x, e)
-        self.expire_events()
-        return presses
+    def push(
+        self, samples: np.ndarray, count: int, rows: np.ndarray | None = None
+    ) -> tuple[dict[int, list[KeyPress]], np.ndarray, np.ndarray]:
+        """Take int16 samples (k, m) of the streams `rows` (None: all n, any m;
+        else distinct slots, m whole blocks and count == m so that the hold-back
+        buffer keeps its width), then output their next `count` samples (0: none
+        yet).  Returns ({row j: key presses that ended}, int16 (k, count), masked
+        (k, count)); row j is stream rows[j] (rows None: stream j)."""
+        sel = slice(None) if rows is None else rows
+        if rows is None:
+            k0s, xe = self.analyzer.push_joint(samples)
+        elif count != samples.shape[1]:
+            raise ValueError(f"a push of some rows outputs the {samples.shape[1]} samples it takes, not {count}")
+        else:
+            k0s, xe = self.analyzer.push_rows_joint(rows, samples)
+        row_list = None if rows is None else rows.tolist()
+        frames = xe.shape[1] - HISTORY_BLOCKS
+        # The 10 ms windows of the 24 flag frequencies include the receiver's 8
+        # (FLAG_FREQS starts with FREQS): computed once, used by both.
+        windows = joint_windows(xe, frames) if frames > 0 else None
+        presses = self.detector.process_sparse(k0s, xe[..., : len(FREQS)], xe[..., -1].real, rows, windows)
+        if windows is not None:
+            self._flag(k0s, windows, rows, row_list)
+        if self.events:
+            self.expire_events([i for i, _ in positions(row_list, self.events)])
+        data = np.concatenate([self.buffer[sel], samples], axis=1)
+        out = data[:, :count].copy()
+        self.buffer = keep_rows(self.buffer, rows, data[:, count:])
+        masked = np.zeros(out.shape, dtype=bool)
+        if count > 0:
+            busy = positions(row_list, self.intervals, self.tone_start)
+            if busy:
+                self._emit_streams(busy, count, out, masked)
+            self.out_pos[sel] += count
+        return presses, out, masked
 
     def note_event(self, i: int, start_ms: float, end_ms: float | None) -> None:
         """See StreamingMasker.note_event (times on stream i's own clock)."""
@@ -174,169 +226,268 @@ class _MaskCore:
             iv = events[start_ms] = _Interval(start, end, now, None if end is None else now, now)
             self.intervals.setdefault(i, []).append(iv)
             return
-        self.expire_events(i)
+        self.expire_events([i])
         if iv.end is None:
             iv.end, iv.end_frame = (end, now) if end is not None else (None, None)
             iv.refreshed = now
 
-    def expire_events(self, only: int | None = None) -> None:
+    def expire_events(self, streams: Iterable[int] | None = None) -> None:
+        """End the open events of `streams` (None: all) not refreshed in time."""
         # Ends at a frame fixed by the last refresh, so chunking cannot move it.
-        for i, events in self.events.items() if only is None else [(only, self.events.get(only, {}))]:
+        for i in list(self.events) if streams is None else streams:
             last = self.frames(i) - 1
-            for iv in events.values():
+            for iv in self.events.get(i, {}).values():
                 expiry = iv.refreshed + EVENT_TIMEOUT_FRAMES + 1
                 if iv.end is None and last >= expiry:
                     iv.end, iv.end_frame = (expiry + 1) * BLOCK, expiry
 
-    def _flag(self, k0s: np.ndarray, x: np.ndarray, e: np.ndarray) -> None:
-        count = x.shape[1] - HISTORY_BLOCKS
-        if count <= 0:
-            return
-        amp = np.abs(window_sum(x, HIGH_BLOCKS, count)) * (2.0 / WINDOW)
-        energy = window_sum(e, HIGH_BLOCKS, count)
-        groups = amp.reshape(self.n, count, *_GROUPS).max(axis=(2, 4))  # max is exact in any order
-        lo, hi = groups[..., 0], groups[..., 1]
+    def _flag(
+        self,
+        k0s: np.ndarray,
+        windows: tuple[np.ndarray, np.ndarray, np.ndarray],
+        rows: np.ndarray | None,
+        row_list: list[int] | None,
+    ) -> None:
+        """Onset flags of the new frames from their 10 ms windows (short_windows);
+        row j is stream rows[j] (None: j)."""
+        _, energy, amp = windows
+        n, count = amp.shape[1:]
+        # Strongest tone of each group over the 3 frequency sets and 4 tones (max
+        # is exact in any order); tone-major amplitudes: one reduction of slabs.
+        lo, hi = amp.reshape(*_GROUPS, n, count).max(axis=(0, 2))
         twist = lo / np.maximum(hi, 1e-9)
         power = lo**2 + hi**2
         flags = (
-            (lo >= FLAG_MIN_LEVEL)
-            & (hi >= FLAG_MIN_LEVEL)
+            (np.minimum(lo, hi) >= FLAG_MIN_LEVEL)
             & (twist <= _MAX_TWIST)
             & (twist >= _MIN_TWIST)
             & (power * (WINDOW / 2) >= FLAG_MIN_CONCENTRATION * energy)
         )
-        env = np.concatenate([self.env, np.sqrt(power)], axis=1)
-        self.env = env[:, -ENV_RING:]
-        rows, rels = np.nonzero(flags)
-        todo: dict[int, list[int]] = {i: [] for i in self.runs}
-        for i, rel in zip(rows.tolist(), rels.tolist(), strict=True):
-            todo.setdefault(i, []).append(rel)
-        for i, flagged in todo.items():
-            k0 = int(k0s[i])
-            self._flag_stream(i, k0, flagged, env[i], k0 - ENV_RING, k0 + count)
+        env = np.empty((n, ENV_RING + count))
+        env[:, :ENV_RING] = self.env[slice(None) if rows is None else rows]
+        level = env[:, ENV_RING:]
+        np.sqrt(power, out=level)
+        self.env = keep_rows(self.env, rows, env[:, -ENV_RING:])
+        hit_rows, rels = np.nonzero(flags)
+        todo: dict[int, tuple[int, int]] = {}  # row j -> its slice of the flagged lists
+        flagged: tuple[list[int], list[float]] = ([], [])
+        if hit_rows.size:
+            flagged = (rels.tolist(), level[hit_rows, rels].tolist())  # frame, envelope
+            cuts = [0, *(np.flatnonzero(hit_rows[1:] != hit_rows[:-1]) + 1).tolist(), hit_rows.size]
+            todo = dict(zip(hit_rows[cuts[:-1]].tolist(), zip(cuts[:-1], cuts[1:], strict=True), strict=True))
+        for _, j in positions(row_list, self.runs):
+            todo.setdefault(j, (0, 0))  # open bursts may end without flags
+        if not todo:
+            return
+        k0_list = k0s.tolist()
+        rels_l, levels_l = flagged
+        runs = self.runs
+        for j, (a, b) in todo.items():
+            k0 = k0_list[j]
+            i = j if row_list is None else row_list[j]
+            run = runs.get(i)
+            if (
+                a < b
+                and run is not None
+                and run.interval is not None
+                and k0 + rels_l[a] - run.last <= GAP_FRAMES + 1
+                and rels_l[b - 1] - rels_l[a] <= GAP_FRAMES + 1
+            ):
+                # Most common: a confirmed burst goes on (_flag_stream's bulk path, inline).
+                peak = max(levels_l[a:b])
+                if peak > run.peak:
+                    run.peak = peak
+                run.count += b - a
+                run.last = k0 + rels_l[b - 1]
+                if k0 + count - 1 - run.last > GAP_FRAMES:
+                    self._close_run(i, run, env[j], k0 - ENV_RING)
+            else:
+                self._flag_stream(i, k0, rels_l[a:b], levels_l[a:b], env, j, k0 + count)
 
-    def _flag_stream(self, i: int, k0: int, flagged: list[int], env: np.ndarray, base: int, end_frame: int) -> None:
-        """Bursts of stream i from its flagged frames; env[0] is frame `base`."""
+    def _flag_stream(
+        self, i: int, k0: int, rels: list[int], levels: list[float], env: np.ndarray, j: int, end_frame: int
+    ) -> None:
+        """Bursts of stream i from its flagged frames k0 + rels (envelope `levels`);
+        env[j, 0] is frame k0 - ENV_RING."""
         run = self.runs.get(i)
-        for rel in flagged:
-            k = k0 + rel
-            if run is not None and k - run.last > GAP_FRAMES + 1:
-                self._close_run(i, run, env, base)
-                run = None
+        base = k0 - ENV_RING
+        if (
+            rels
+            and rels[-1] - rels[0] <= GAP_FRAMES + 1
+            and (run is None or k0 + rels[0] - run.last <= GAP_FRAMES + 1)
+        ):
+            # Common cases: no gap ends the burst, it starts or goes on: the loop
+            # below in bulk (max is exact), split where the burst gets confirmed.
             if run is None:
-                run = self.runs[i] = _Run(k, k, 0, 0.0)
-            run.last = k
-            run.count += 1
-            run.peak = max(run.peak, float(env[k - base]))
-            if run.interval is None and run.count >= CONFIRM_FRAMES:
-                run.interval = _Interval(self._onset(run, env, base, k), None, k)
+                run = self.runs[i] = _Run(k0 + rels[0], k0 + rels[0], 0, 0.0)
+            until = CONFIRM_FRAMES - run.count if run.interval is None else 0  # frames until confirmed
+            if 0 < until <= len(rels):
+                peak = max(levels[:until])
+                if peak > run.peak:
+                    run.peak = peak
+                run.count += until
+                run.last = k = k0 + rels[until - 1]
+                run.interval = _Interval(self._onset(run, env[j], base, k), None, k)
                 self.intervals.setdefault(i, []).append(run.interval)
+                rels, levels = rels[until:], levels[until:]
+            if rels:
+                peak = max(levels)
+                if peak > run.peak:
+                    run.peak = peak
+                run.count += len(rels)
+                run.last = k0 + rels[-1]
+        else:
+            for rel, level in zip(rels, levels, strict=True):
+                k = k0 + rel
+                if run is not None and k - run.last > GAP_FRAMES + 1:
+                    self._close_run(i, run, env[j], base)
+                    run = None
+                if run is None:
+                    run = self.runs[i] = _Run(k, k, 0, 0.0)
+                run.last = k
+                run.count += 1
+                run.peak = max(run.peak, level)
+                if run.interval is None and run.count >= CONFIRM_FRAMES:
+                    run.interval = _Interval(self._onset(run, env[j], base, k), None, k)
+                    self.intervals.setdefault(i, []).append(run.interval)
         if run is not None and end_frame - 1 - run.last > GAP_FRAMES:
-            self._close_run(i, run, env, base)
+            self._close_run(i, run, env[j], base)
 
     @staticmethod
     def _onset(run: _Run, env: np.ndarray, base: int, now: int) -> int:
         lo_frame = max(run.first - 5, base)
-        seg = env[lo_frame - base : now - base + 1]
+        seg = env[lo_frame - base : now - base + 1].tolist()  # Python floats: same IEEE operations
         half = 0.5 * run.peak
-        j = int(np.argmax(seg >= half)) - 1
+        j = next((j for j, v in enumerate(seg) if v >= half), 0) - 1  # np.argmax(seg >= half) - 1
         if j < 0:
             t = (lo_frame + 1) * BLOCK - WINDOW
         else:
             a0, a1 = seg[j], seg[j + 1]
             t = (lo_frame + j + 1) * BLOCK + BLOCK * (half - a0) / (a1 - a0) - WINDOW / 2
-        return max(int(np.floor(t)) - GUARD, 0)
+        return max(math.floor(t) - GUARD, 0)
 
     def _close_run(self, i: int, run: _Run, env: np.ndarray, base: int) -> None:
         del self.runs[i]
         if run.interval is None:
             return  # too short to be a key press
         closing = run.last + GAP_FRAMES + 1
-        seg = env[run.last - base : closing - base + 1]
+        seg = env[run.last - base : closing - base + 1].tolist()
         half = 0.5 * run.peak
-        j = int(np.argmax(seg < half))
+        j = next((j for j, v in enumerate(seg) if v < half), 0)  # np.argmax(seg < half)
         if j == 0:
             t = (run.last + 1) * BLOCK - WINDOW / 2
         else:
             a0, a1 = seg[j - 1], seg[j]
             t = (run.last + j) * BLOCK + BLOCK * (a0 - half) / (a0 - a1) - WINDOW / 2
-        run.interval.end = int(np.ceil(t)) + GUARD
+        run.interval.end = math.ceil(t) + GUARD
         run.interval.end_frame = closing
 
     # -- output side ------------------------------------------------------
-    def emit(self, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Output the next `count` (> 0) samples of every stream: (int16, masked)."""
-        out = self.buffer[:, :count].copy()
-        self.buffer = self.buffer[:, count:]
-        masked = np.zeros((self.n, count), dtype=bool)
-        busy = sorted(set(self.intervals) | set(self.tone_start))
-        if busy:
-            self._emit_streams(busy, count, out, masked)
-        self.out_pos += count
-        return out, masked
+    def _emit_streams(self, busy: list[tuple[int, int]], count: int, out: np.ndarray, masked: np.ndarray) -> None:
+        """Mask the next `count` samples of the streams in `busy`, (stream, row
+        of out) pairs, in place.
 
-    def _emit_streams(self, busy: list[int], count: int, out: np.ndarray, masked: np.ndarray) -> None:
-        """Mask the next `count` samples of the streams in `busy` (in place), all
-        at once: one row per stream, one row per interval."""
-        rows = np.array(busy)
-        first = self.out_pos[rows]
-        n = first[:, None] + np.arange(count)[None, :]
-        decided = frame_of_sample(n)
-        # Intervals already over before this output started are skipped, as ever.
-        live = [
-            (r, iv)
-            for r, i in enumerate(busy)
-            for iv in self.intervals.get(i, ())
-            if iv.end is None or iv.end > first[r]
-        ]
-        mask = np.zeros((rows.size, count), dtype=bool)
-        if live:
-            never = np.iinfo(np.int64).max  # open interval: no end yet
-            r_iv = np.array([r for r, _ in live])
-            params = np.array(
-                [
-                    (iv.start, iv.start_frame, never, never)
-                    if iv.end is None
-                    else (iv.start, iv.start_frame, iv.end, iv.end_frame)
-                    for _, iv in live
-                ],
-                dtype=np.int64,
-            )
-            n_iv, d_iv = n[r_iv], decided[r_iv]
-            hit = (
-                (n_iv >= params[:, 0:1])
-                & (d_iv >= params[:, 1:2])
-                & ((n_iv < params[:, 2:3]) | (d_iv < params[:, 3:4]))
-            )
-            # live is grouped by row: OR each row's intervals in one reduceat.
-            groups, offsets = np.unique(r_iv, return_index=True)
-            mask[groups] = np.logical_or.reduceat(hit, offsets, axis=0)
-        ends = first + count
-        for r, i in enumerate(busy):
-            until = int(ends[r])
-            kept = [iv for iv in self.intervals.pop(i, ()) if iv.end is None or iv.end > until]
-            if kept:
-                self.intervals[i] = kept
-            events = {k: iv for k, iv in self.events.pop(i, {}).items() if iv.end is None or iv.end > until}
-            if events:
-                self.events[i] = events
-        tone_start = np.array([self.tone_start.pop(i, -1) for i in busy], dtype=np.int64)  # -1: none
-        if not mask.any():
-            return
-        # Index of the first sample of each masked run, carried across calls.
-        starts = mask & ~np.concatenate([(tone_start >= 0)[:, None], mask[:, :-1]], axis=1)
-        run_id = np.maximum.accumulate(np.where(starts, n, -1), axis=1)
-        run_id = np.where(run_id < 0, tone_start[:, None], run_id)
-        t = (n - run_id)[mask]
-        amplitude = np.broadcast_to(self.amplitude[rows][:, None], mask.shape)[mask]
-        tone_hz = np.broadcast_to(self.tone_hz[rows][:, None], mask.shape)[mask]
-        sub = out[rows]
-        # Same operations, in the same order, as for one stream: bit-identical.
-        sub[mask] = np.round(amplitude * np.sin(2 * np.pi * tone_hz * t / SAMPLE_RATE))
-        out[rows] = sub
-        masked[rows] = mask
-        for r in np.flatnonzero(mask[:, -1]).tolist():
-            self.tone_start[busy[r]] = int(run_id[r, -1])
+        frame_of_sample is monotonic, so an interval masks one contiguous range:
+        n >= start once its start frame is decided, and (n < end or its end
+        frame not decided yet), i.e. max(start, first_sample_decided_at(start_frame))
+        <= n < max(end, first_sample_decided_at(end_frame)).  Each stream's
+        masked runs are written as slices of a cached tone."""
+        streams = [i for i, _ in busy]
+        firsts = self.out_pos[streams].tolist()
+        settings = zip(self.amplitude[streams].tolist(), self.tone_hz[streams].tolist(), strict=True)
+        decided = BLOCK - _DEADLINE_OFFSET  # first_sample_decided_at(f) == BLOCK * f + decided
+        intervals, events, tone_starts = self.intervals, self.events, self.tone_start
+        # Rows masked from start to end with the first stream's setting (usually all).
+        setting = (float(self.amplitude[busy[0][0]]), float(self.tone_hz[busy[0][0]]))
+        whole_rows: list[int] = []
+        whole_t0: list[int] = []
+        for (i, j), first, (amplitude, tone_hz) in zip(busy, firsts, settings, strict=True):
+            until = first + count
+            spans = []
+            ending = False  # an interval ends within this output: drop it afterwards
+            for iv in intervals.get(i, ()):
+                end = iv.end
+                if end is not None:
+                    ending = ending or end <= until
+                    if end <= first:
+                        continue  # already over before this output started: skipped, as ever
+                lo = BLOCK * iv.start_frame + decided
+                lo = (iv.start if iv.start > lo else lo) - first
+                if end is None:
+                    hi = count
+                else:
+                    hi = BLOCK * iv.end_frame + decided
+                    hi = (end if end > hi else hi) - first
+                if lo < hi and lo < count and hi > 0:
+                    spans.append([lo if lo > 0 else 0, hi if hi < count else count])
+            if ending:
+                kept = [iv for iv in intervals.pop(i) if iv.end is None or iv.end > until]
+                if kept:
+                    intervals[i] = kept
+            if events and i in events:
+                kept_events = {k: iv for k, iv in events.pop(i).items() if iv.end is None or iv.end > until}
+                if kept_events:
+                    events[i] = kept_events
+            tone_start = tone_starts.pop(i, -1)  # -1: the last output did not end in a tone
+            if len(spans) > 1:
+                spans.sort()
+                merged = [spans[0]]
+                for a, b in spans[1:]:
+                    if a <= merged[-1][1]:  # overlapping or touching: one masked run
+                        merged[-1][1] = max(merged[-1][1], b)
+                    else:
+                        merged.append([a, b])
+                spans = merged
+            for a, b in spans:
+                # A run masked from sample 0 continues the last output's tone.
+                start = tone_start if a == 0 and tone_start >= 0 else first + a
+                t0 = first + a - start  # tone sample number of out[j, a]
+                if b == count:
+                    tone_starts[i] = start
+                    if a == 0 and (amplitude, tone_hz) == setting and t0 + count <= _TONE_CACHE_SAMPLES:
+                        whole_rows.append(j)  # all of the row: written below, all at once
+                        whole_t0.append(t0)
+                        continue
+                cached = _TONE_CACHE.get((amplitude, tone_hz))
+                if cached is not None and t0 + b - a <= cached.size:
+                    out[j, a:b] = cached[t0 : t0 + b - a]
+                else:
+                    out[j, a:b] = _tone(amplitude, tone_hz, t0, t0 + b - a)
+                masked[j, a:b] = True
+        if len(whole_rows) >= 8:  # one gather pays off over many rows
+            tone = _tone(*setting, 0, max(whole_t0) + count)
+            out[whole_rows] = tone[np.add.outer(whole_t0, np.arange(count))]
+            masked[whole_rows] = True
+        else:
+            for j, t0 in zip(whole_rows, whole_t0, strict=True):
+                out[j] = _tone(*setting, t0, t0 + count)
+                masked[j] = True
+
+
+_TONE_CACHE: dict[tuple[float, float], np.ndarray] = {}  # per (amplitude, tone_hz): samples 0..size-1
+_TONE_CACHE_SAMPLES = SAMPLE_RATE  # longest tone cached (1 s); later samples are computed as needed
+
+
+def _tone(amplitude: float, tone_hz: float, t0: int, t1: int) -> np.ndarray:
+    """Masking tone samples t0..t1-1 (float64, before the int16 cast) by the one
+    expression np.round(amplitude * sin(2 pi f t / fs)).  np.sin is elementwise,
+    so a sample's value does not depend on the array it was computed in: cached
+    samples are the very values computing them on the spot gives."""
+    if t1 > _TONE_CACHE_SAMPLES:
+        return _tone_samples(amplitude, tone_hz, np.arange(t0, t1))
+    cached = _TONE_CACHE.get((amplitude, tone_hz))
+    if cached is None or cached.size < t1:
+        size = min(max(1024, 1 << (t1 - 1).bit_length()), _TONE_CACHE_SAMPLES)
+        if cached is None and len(_TONE_CACHE) >= 64:
+            _TONE_CACHE.clear()  # many settings in turn: keep the cache bounded
+        cached = _TONE_CACHE[(amplitude, tone_hz)] = _tone_samples(amplitude, tone_hz, np.arange(size))
+        cached.flags.writeable = False
+    return cached[t0:t1]
+
+
+def _tone_samples(amplitude: float, tone_hz: float, t: np.ndarray) -> np.ndarray:
+    amplitudes, tones = np.full(t.size, amplitude), np.full(t.size, tone_hz)
+    return np.round(amplitudes * np.sin(2 * np.pi * tones * t / SAMPLE_RATE))
 
 
 def _amplitude(mode: str, tone_hz: float, level_dbfs: float) -> float:
@@ -423,18 +574,15 @@ class StreamingMasker:
 
     def _push(self, samples: np.ndarray, emit_until: int) -> np.ndarray:
         self._in_pos += samples.size
-        self.key_presses.extend(self._core.analyse(samples[None, :])[0])
         count = min(self._in_pos - HOLDBACK, emit_until) - int(self._core.out_pos[0])
-        if count <= 0:
-            self.last_masked = np.zeros(0, dtype=bool)
-            return np.zeros(0, dtype=np.int16)
-        out, masked = self._core.emit(count)
+        presses, out, masked = self._core.push(samples[None, :], max(count, 0))
+        self.key_presses.extend(presses.get(0, ()))
         self.last_masked = masked[0]
         return out[0]
 
 
 class BatchStreamingMasker:
-    """Masks n calls at once, one 20 ms frame of every call per ``push``.
+    """Masks n calls at once with one set of numpy operations per push.
 
     ``push(block)`` takes an (n_streams, frame) int16 array (row i = next frame
     of stream i) and returns the (n_streams, frame) masked output.  Row i of the
@@ -443,8 +591,18 @@ class BatchStreamingMasker:
     stream's output are silence (the hold-back), then its masker output follows
     bit for bit.  ``last_masked`` (n_streams, frame) marks replaced samples.
 
+    ``push_rows(rows, block)`` advances only the streams in `rows` (calls whose
+    packets arrived), by any whole number of 2.5 ms blocks, and returns as many
+    output samples for each; the other streams do not move.  Each stream's clock
+    is its own count of input samples, so its output (delayed by HOLDBACK as
+    above) and key presses are the same bit for bit however its pushes were
+    grouped with other streams', and equal to a StreamingMasker fed the same
+    chunks.  After push_rows, ``last_masked`` is (len(rows), m), row j for slot
+    rows[j].  ``push`` is push_rows of every active slot, in slot order.
+
     Slots: the n_streams slots start active.  ``remove_stream(i)`` frees a slot
-    (its rows are then ignored on input and zero on output); ``add_stream()``
+    (its rows are then ignored on input, zero on output, and it does not
+    advance); ``add_stream()``
     starts a new stream, at its sample 0, in the lowest free slot or in a new
     slot appended at the end (n_streams grows by one: size the next block by
     ``n_streams``).  Each stream has its own clock: ``note_event`` times and
@@ -530,16 +688,38 @@ class BatchStreamingMasker:
         return presses
 
     def push(self, block: np.ndarray) -> np.ndarray:
-        """Mask one frame of every stream: (n_streams, frame) in, same shape out."""
+        """Mask one frame of every stream: (n_streams, frame) in, same shape out
+        (free slots: ignored, zero out).  ``last_masked`` becomes (n_streams, frame)."""
         block = np.asarray(block, dtype=np.int16)
         if block.shape != (self._core.n, self.frame):
             raise ValueError(f"expected shape ({self._core.n}, {self.frame}), got {block.shape}")
-        if not self._active.all():
-            block = np.where(self._active[:, None], block, np.int16(0))  # free slots stay silent
-        for i, presses in enumerate(self._core.analyse(block)):
-            if presses:
-                self._presses[i].extend(presses)
-        out, self.last_masked = self._core.emit(self.frame)
+        if self._active.all():
+            return self._push(None, block)  # every slot: whole arrays, no gather/scatter
+        rows = np.flatnonzero(self._active)
+        out = np.zeros(block.shape, dtype=np.int16)
+        masked = np.zeros(block.shape, dtype=bool)
+        out[rows] = self._push(rows, block[rows])
+        masked[rows] = self.last_masked
+        self.last_masked = masked
+        return out
+
+    def push_rows(self, rows: Sequence[int] | np.ndarray, block: np.ndarray) -> np.ndarray:
+        """Mask the next m samples of the streams in `rows` only (distinct active
+        slots, any order): block (len(rows), m) int16, m a positive multiple of
+        BLOCK (20 samples), any m from push to push.  Returns the (len(rows), m)
+        output, row j for slot rows[j]; ``last_masked`` becomes the (len(rows), m)
+        flags of this push.  Streams not in `rows` do not advance.  Bad arguments
+        raise ValueError (shape, duplicates) or IndexError (free or unknown slot)
+        and change nothing."""
+        rows, block = check_rows(rows, block, self._core.n)
+        if not self._active[rows].all():
+            raise IndexError(f"no active stream in slot {int(rows[~self._active[rows]][0])}")
+        return self._push(rows, block.astype(np.int16, copy=False))
+
+    def _push(self, rows: np.ndarray | None, block: np.ndarray) -> np.ndarray:
+        presses, out, self.last_masked = self._core.push(block, block.shape[1], rows)
+        for j, found in presses.items():
+            self._presses[j if rows is None else int(rows[j])].extend(found)
         return out
 
     def note_event(self, index: int, start_ms: float, end_ms: float | None) -> None:

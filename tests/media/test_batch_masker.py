@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from media.dtmf import KEYS, KeyPress
 from media.masker import HOLDBACK, BatchStreamingMasker, StreamingMasker
@@ -223,3 +225,250 @@ def test_reset_stream_restarts_the_analysis_phase_reference():
         _, got, _ = shared.push(np.stack([x[0, pos : pos + 160], x[1, pos : pos + 160]]))
         _, want, _ = fresh.push(x[1:, pos : pos + 160])
         assert np.array_equal(got[1], want[0])
+
+
+# -- push_rows: streams advance at their own moments ---------------------------
+# A stream's history is the list of what happened to it, in its own order:
+# ("push", samples) or ("event", start_ms, end_ms).  The reference replays that
+# list through a StreamingMasker; the batch must agree bit for bit however the
+# pushes were grouped with other streams', and whatever the chunk sizes.
+
+
+def replay(settings: dict, history: list[tuple]) -> tuple[np.ndarray, np.ndarray, list[KeyPress]]:
+    """StreamingMasker over one stream's history: output and flags delayed by
+    HOLDBACK (as BatchStreamingMasker outputs them), key presses."""
+    m = StreamingMasker(**settings)
+    outs, flags, fed = [np.zeros(HOLDBACK, dtype=np.int16)], [np.zeros(HOLDBACK, dtype=bool)], 0
+    for op in history:
+        if op[0] == "event":
+            m.note_event(op[1], op[2])
+        else:
+            fed += op[1].size
+            outs.append(m.push(op[1]))
+            flags.append(m.last_masked)
+    return np.concatenate(outs)[:fed], np.concatenate(flags)[:fed], m.key_presses
+
+
+@dataclass
+class Schedule:
+    """What one random run did, for the checks and the 'has teeth' assertions."""
+
+    out: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    flags: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    presses: dict[int, list[KeyPress]] = field(default_factory=dict)
+    history: dict[int, list[tuple]] = field(default_factory=dict)
+    sizes: set[int] = field(default_factory=set)
+    reused: int = 0  # add_stream calls that got a slot some earlier stream had
+    events: int = 0
+    split_ticks: int = 0  # ticks whose streams were pushed in >= 2 groups
+    whole_pushes: int = 0  # push() calls mixed in
+
+
+def random_plans(rng: np.random.Generator, ticks: int, count: int, speech: np.ndarray | None = None) -> list[Plan]:
+    """Streams joining at different ticks, some leaving early (their slots get reused)."""
+    plans = []
+    for p in range(count):
+        join = 0 if p < count // 2 else int(rng.integers(1, 2 * ticks // 3))
+        leave = int(join + rng.integers(8, 40)) if rng.random() < 0.4 else None
+        settings: dict = {}
+        if p % 4 == 1:
+            settings = {"mode": "silence"}
+        elif p % 4 == 2:
+            settings = {"tone_hz": float(rng.uniform(300, 3000)), "level_dbfs": float(rng.uniform(-30, -6))}
+        plans.append(Plan(mixed_signal(rng, 2 * ticks, speech), settings, join, leave))
+    return plans
+
+
+def drive_rows(rng: np.random.Generator, plans: list[Plan], ticks: int) -> Schedule:
+    """One BatchStreamingMasker through the plans: every tick a random subset of
+    the streams advances, in 1-3 groups of random order, each group by its own
+    random multiple of 20 samples (now and then one push() of every stream
+    instead); RFC 4733 events are noted on random streams between pushes."""
+    initial = [p for p, plan in enumerate(plans) if plan.join == 0]
+    batch = BatchStreamingMasker(len(initial), frame=FRAME)
+    run = Schedule()
+    slot_of: dict[int, int] = {}
+    used_slots: set[int] = set()
+    fed: dict[int, int] = {}
+    open_event: dict[int, float] = {}
+
+    def start(p: int, slot: int) -> None:
+        run.reused += slot in used_slots
+        used_slots.add(slot)
+        slot_of[p], fed[p] = slot, 0
+        run.out[p], run.flags[p], run.presses[p], run.history[p] = [], [], [], []
+
+    for slot, p in enumerate(initial):
+        batch.configure(slot, **plans[p].settings)
+        start(p, slot)
+    for tick in range(ticks):
+        for p in [p for p in slot_of if plans[p].leave == tick]:
+            run.presses[p] += batch.remove_stream(slot_of.pop(p))
+        for p, plan in enumerate(plans):
+            if plan.join == tick and tick and p not in run.out:
+                start(p, batch.add_stream(**plan.settings))
+        for p in list(slot_of):
+            if rng.random() < 0.04:  # an RFC 4733 packet for this call
+                if p in open_event and rng.random() < 0.5:
+                    start_ms = open_event.pop(p)
+                    event = ("event", start_ms, start_ms + float(rng.uniform(20, 120)))
+                elif p in open_event:
+                    event = ("event", open_event[p], None)  # refresh
+                else:
+                    open_event[p] = fed[p] / 8 + float(rng.uniform(-30, 10))
+                    event = ("event", open_event[p], None)
+                batch.note_event(slot_of[p], event[1], event[2])
+                run.history[p].append(event)
+                run.events += 1
+        if slot_of and rng.random() < 0.15 and all(fed[p] + FRAME <= plans[p].pcm.size for p in slot_of):
+            block = np.full((batch.n_streams, FRAME), 12345, dtype=np.int16)  # free slots: ignored
+            for p, slot in slot_of.items():
+                block[slot] = plans[p].pcm[fed[p] : fed[p] + FRAME]
+            out = batch.push(block)
+            assert not out[~batch.active].any() and not batch.last_masked[~batch.active].any()
+            slots = list(slot_of.values())
+            groups = [(list(slot_of), FRAME, out[slots], batch.last_masked[slots])]
+            run.whole_pushes += 1
+        else:
+            moving = [p for p in slot_of if rng.random() < 0.7]
+            rng.shuffle(moving)
+            n_cuts = min(int(rng.integers(0, 3)), max(len(moving) - 1, 0))
+            cuts = np.sort(rng.choice(np.arange(1, len(moving)), size=n_cuts, replace=False)) if n_cuts else []
+            groups = []
+            for group in np.split(np.array(moving, dtype=int), cuts):
+                m = 20 * int(rng.integers(1, 17))
+                group = [int(p) for p in group if fed[p] + m <= plans[p].pcm.size]
+                if not group:
+                    continue
+                rows = [slot_of[p] for p in group]
+                block = np.stack([plans[p].pcm[fed[p] : fed[p] + m] for p in group])
+                out = batch.push_rows(rows, block)
+                assert out.shape == (len(rows), m) and out.dtype == np.int16
+                assert batch.last_masked.shape == (len(rows), m)
+                groups.append((group, m, out, batch.last_masked))
+                run.sizes.add(m)
+            run.split_ticks += len(groups) > 1
+        for group, m, out, flags in groups:  # row j of out/flags is stream group[j]
+            for j, p in enumerate(group):
+                run.out[p].append(out[j])
+                run.flags[p].append(flags[j])
+                run.history[p].append(("push", plans[p].pcm[fed[p] : fed[p] + m]))
+                fed[p] += m
+        if tick % 9 == 0:
+            for p, slot in slot_of.items():
+                run.presses[p] += batch.drain_key_presses(slot)
+    for p, slot in slot_of.items():
+        run.presses[p] += batch.drain_key_presses(slot)
+    return run
+
+
+def check_rows_identical(plans: list[Plan], run: Schedule) -> None:
+    for p, history in run.history.items():
+        ref_out, ref_flags, ref_presses = replay(plans[p].settings, history)
+        out = np.concatenate(run.out[p]) if run.out[p] else np.zeros(0, dtype=np.int16)
+        flags = np.concatenate(run.flags[p]) if run.flags[p] else np.zeros(0, dtype=bool)
+        assert np.array_equal(out, ref_out), f"stream {p}: output differs"
+        assert np.array_equal(flags, ref_flags), f"stream {p}: masked flags differ"
+        assert run.presses[p] == ref_presses, f"stream {p}: key presses differ"
+
+
+def assert_has_teeth(run: Schedule) -> None:
+    assert sum(int(f.sum()) for flags in run.flags.values() for f in flags) > 0  # masking happened
+    assert sum(map(len, run.presses.values())) > 0  # key presses decoded
+    assert run.events > 0 and run.reused > 0 and run.split_ticks > 0 and run.whole_pushes > 0
+    assert len(run.sizes) > 5
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6])
+def test_push_rows_equals_single_stream_maskers(seed):
+    rng = np.random.default_rng(seed)
+    plans = random_plans(rng, ticks=120, count=14)
+    run = drive_rows(rng, plans, ticks=120)
+    check_rows_identical(plans, run)
+    assert_has_teeth(run)
+
+
+@settings(max_examples=5, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_push_rows_equals_single_stream_maskers_any_schedule(seed):
+    rng = np.random.default_rng(seed)
+    plans = random_plans(rng, ticks=80, count=10)
+    check_rows_identical(plans, drive_rows(rng, plans, ticks=80))
+
+
+def test_push_rows_equals_single_stream_maskers_with_speech(speech):
+    rng = np.random.default_rng(12)
+    voice = np.concatenate(list(speech.values())).astype(float) * 0.5
+    plans = random_plans(rng, ticks=120, count=12, speech=voice)
+    check_rows_identical(plans, drive_rows(rng, plans, ticks=120))
+
+
+def test_push_is_push_rows_of_every_active_slot():
+    # Same streams, one masker driven by push(), the other by push_rows of the
+    # active slots (in a shuffled order): same rows out, same flags, same presses.
+    rng = np.random.default_rng(8)
+    pcm = np.stack([mixed_signal(rng, 60) for _ in range(5)])
+    a, b = BatchStreamingMasker(5), BatchStreamingMasker(5)
+    for m in (a, b):
+        m.remove_stream(2)
+        m.note_event(3, 100.0, 300.0)
+    active = np.array([0, 1, 3, 4])
+    for f in range(60):
+        frame = pcm[:, f * FRAME : (f + 1) * FRAME]
+        out = a.push(frame)
+        order = rng.permutation(active)
+        got = b.push_rows(order, frame[order])
+        assert np.array_equal(out[order], got) and not out[2].any()
+        assert np.array_equal(a.last_masked[order], b.last_masked)
+    presses = [a.drain_key_presses(i) for i in active]
+    assert presses == [b.drain_key_presses(i) for i in active] and any(presses)
+
+
+def test_push_rows_leaves_other_streams_where_they_were():
+    # Stream 1 gets nothing for a while: it then continues exactly where it stopped.
+    rng = np.random.default_rng(9)
+    x = np.stack([mixed_signal(rng, 40) for _ in range(2)])
+    batch = BatchStreamingMasker(2)
+    out1 = [batch.push_rows([1], x[1:, :800])]
+    for pos in range(0, 3200, 160):
+        batch.push_rows([0], x[:1, pos : pos + 160])
+    out1.append(batch.push_rows(np.array([1]), x[1:, 800:6400]))
+    ref, _, _ = replay({}, [("push", x[1, :800]), ("push", x[1, 800:6400])])
+    assert np.array_equal(np.concatenate(out1, axis=1)[0], ref)
+
+
+def test_push_rows_bad_arguments_raise_and_change_nothing():
+    rng = np.random.default_rng(10)
+    pcm = np.stack([mixed_signal(rng, 40) for _ in range(4)])
+    good, bad = BatchStreamingMasker(4), BatchStreamingMasker(4)
+    for m in (good, bad):
+        m.remove_stream(3)
+        m.push_rows([0, 2], pcm[[0, 2], :400])
+    before = bad.last_masked.copy()
+    block2 = pcm[:2, 400:560]
+    calls = {
+        "duplicate": (ValueError, lambda: bad.push_rows([0, 0], block2)),
+        "free slot": (IndexError, lambda: bad.push_rows([0, 3], block2)),
+        "unknown slot": (IndexError, lambda: bad.push_rows([0, 4], block2)),
+        "negative slot": (IndexError, lambda: bad.push_rows([-1, 0], block2)),
+        "a mask, not indices": (ValueError, lambda: bad.push_rows(np.array([True, False, True, False]), block2)),
+        "float indices": (ValueError, lambda: bad.push_rows([0.0, 1.0], block2)),
+        "2-D rows": (ValueError, lambda: bad.push_rows([[0, 1]], block2)),
+        "rows/block mismatch": (ValueError, lambda: bad.push_rows([0, 1, 2], block2)),
+        "1-D block": (ValueError, lambda: bad.push_rows([0], pcm[0, :160])),
+        "not whole blocks": (ValueError, lambda: bad.push_rows([0, 1], pcm[:2, :150])),
+        "no samples": (ValueError, lambda: bad.push_rows([0, 1], pcm[:2, :0])),
+    }
+    for name, (error, call) in calls.items():
+        with pytest.raises(error, match=r"slot|rows|shape|multiple|distinct|indices"):
+            call()
+        assert np.array_equal(bad.last_masked, before), name
+    empty = bad.push_rows([], np.zeros((0, 40), dtype=np.int16))  # nothing to do is not an error
+    assert empty.shape == (0, 40) and bad.last_masked.shape == (0, 40)
+    # The failed calls left no trace: both maskers go on identically.
+    for pos in range(400, pcm.shape[1] - 159, 160):
+        rows, block = [2, 1, 0], pcm[[2, 1, 0], pos : pos + 160]
+        assert np.array_equal(good.push_rows(rows, block), bad.push_rows(rows, block))
+        assert np.array_equal(good.last_masked, bad.last_masked)
+    for i in range(3):
+        assert good.drain_key_presses(i) == bad.drain_key_presses(i)

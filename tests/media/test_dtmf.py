@@ -166,3 +166,165 @@ def test_batch_equals_single_stream_on_random_mixes():
 def test_rejects_other_sample_rates():
     with pytest.raises(ValueError):
         DtmfDetector(sample_rate=16000)
+
+
+
+# -- feed_rows: streams fed at their own moments --------------------------------
+
+
+def _dtmf_mix(rng: np.random.Generator, length: int) -> np.ndarray:
+    digits = "".join(rng.choice(list(ALL), size=6))
+    seq = sequence(
+        digits,
+        on_ms=rng.uniform(25, 90),
+        off_ms=rng.uniform(30, 90),
+        lead_ms=rng.uniform(0, 200),
+        level=rng.uniform(-38, -5),
+        twist_db=rng.uniform(-6, 10),
+        dev=rng.uniform(-0.04, 0.04),
+    )
+    x = np.zeros(length)
+    x[: min(length, seq.samples.size)] = seq.samples[:length]
+    return to_pcm(x + band_noise(length, -20, rng.uniform(0, 30), rng))
+
+
+def _replay(chunks: list[np.ndarray], flush: bool) -> list[KeyPress]:
+    """A DtmfDetector fed one stream's chunks (then flushed if the stream was
+    still there at the batch's flush)."""
+    det = DtmfDetector()
+    presses = [kp for chunk in chunks for kp in det.feed(chunk)]
+    return presses + det.flush() if flush else presses
+
+
+def _drive_rows(seed: int, count: int = 16, ticks: int = 140) -> dict:
+    """Streams join (in a new slot by resize, or in a freed one by reset_stream)
+    and leave at random ticks; each tick a random subset is fed in 1-3 groups of
+    random order, each group by its own multiple of 20 samples, or every slot
+    is fed in lock-step by feed(); the end is one flush().  Returns per stream
+    its chunks, its key presses, whether it was flushed, and counters."""
+    rng = np.random.default_rng(seed)
+    pcm = [_dtmf_mix(rng, 8000 * 3) for _ in range(count)]
+    join = [0 if p < count // 2 else int(rng.integers(1, ticks // 2)) for p in range(count)]
+    leave = [int(join[p] + rng.integers(10, 60)) if rng.random() < 0.4 else None for p in range(count)]
+    det = BatchDtmfDetector(count // 2)
+    slot_of = {p: p for p in range(count // 2)}
+    free: list[int] = []
+    chunks: dict[int, list[np.ndarray]] = {p: [] for p in slot_of}
+    got: dict[int, list[KeyPress]] = {p: [] for p in slot_of}
+    fed = dict.fromkeys(slot_of, 0)
+    stats = {"reused": 0, "lockstep": 0, "split": 0, "sizes": set()}
+
+    def advance(p: int, m: int, presses: list[KeyPress]) -> None:
+        got[p] += presses
+        chunks[p].append(pcm[p][fed[p] : fed[p] + m])
+        fed[p] += m
+
+    for tick in range(ticks):
+        for p in [p for p in slot_of if leave[p] == tick]:
+            free.append(slot_of.pop(p))
+        for p in range(count):
+            if join[p] == tick and tick:
+                if free:
+                    slot_of[p] = free.pop(0)
+                    det.reset_stream(slot_of[p])  # a new call in a reused slot
+                    stats["reused"] += 1
+                else:
+                    slot_of[p] = det.n
+                    det.resize(det.n + 1)
+                chunks[p], got[p], fed[p] = [], [], 0
+        m = 20 * int(rng.integers(1, 17))
+        if rng.random() < 0.15 and all(fed[p] + m <= pcm[p].size for p in slot_of):
+            block = rng.integers(-2000, 2000, size=(det.n, m))  # free slots: whatever
+            for p, slot in slot_of.items():
+                block[slot] = pcm[p][fed[p] : fed[p] + m]
+            found = det.feed(block)
+            for p, slot in slot_of.items():
+                advance(p, m, found[slot])
+            stats["lockstep"] += 1
+            continue
+        moving = [p for p in slot_of if rng.random() < 0.7]
+        rng.shuffle(moving)
+        groups = np.array_split(np.array(moving, dtype=int), int(rng.integers(1, 4)))
+        stats["split"] += sum(g.size > 0 for g in groups) > 1
+        for group in groups:
+            m = 20 * int(rng.integers(1, 17))
+            group = [int(p) for p in group if fed[p] + m <= pcm[p].size]
+            if group:
+                block = np.stack([pcm[p][fed[p] : fed[p] + m] for p in group])
+                found = det.feed_rows([slot_of[p] for p in group], block)
+                assert len(found) == len(group)
+                for p, presses in zip(group, found, strict=True):
+                    advance(p, m, presses)
+                stats["sizes"].add(m)
+    flushed = det.flush()
+    for p, slot in slot_of.items():
+        got[p] += flushed[slot]
+    return {"chunks": chunks, "got": got, "flushed": set(slot_of), **stats}
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_feed_rows_equals_single_stream_detectors(seed):
+    run = _drive_rows(seed)
+    for p, chunks in run["chunks"].items():
+        assert run["got"][p] == _replay(chunks, p in run["flushed"]), f"stream {p}"
+    # The comparison has teeth: presses, slot reuse, late joins, mixed feeds, groups.
+    assert sum(map(len, run["got"].values())) > 15
+    assert run["reused"] and run["lockstep"] and run["split"] > 10 and len(run["sizes"]) > 8
+    assert len(run["chunks"]) == 16
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_feed_rows_equals_single_stream_detectors_any_schedule(seed):
+    run = _drive_rows(seed, count=10, ticks=100)
+    for p, chunks in run["chunks"].items():
+        assert run["got"][p] == _replay(chunks, p in run["flushed"]), f"stream {p}"
+
+
+def test_reset_stream_restarts_the_clock_and_the_flush_limit():
+    # A call in a reused slot: key press times count from its own first sample,
+    # and a press still open at the flush ends at its own last sample.
+    seq = sequence("48", on_ms=80, off_ms=60, lead_ms=120)
+    x = seq.pcm()[: seq.intervals[-1][0] + 400]  # the call ends 50 ms into the "8"
+    assert x.size % 20 == 0
+    det = BatchDtmfDetector(2)
+    det.feed(np.zeros((2, 8000)))  # 1 s before the call starts in slot 1
+    det.reset_stream(1)
+    got = det.feed_rows([1], x[None, :])[0] + det.flush()[1]
+    assert got == detect(x)
+    assert [k.digit for k in got] == ["4", "8"] and got[-1].end_ms == x.size / 8  # clipped at its own end
+    assert abs(got[0].start_ms - seq.intervals[0][0] / 8) <= 2.0
+
+
+def test_feed_rows_bad_arguments_raise_and_change_nothing():
+    rng = np.random.default_rng(5)
+    x = np.stack([_dtmf_mix(rng, 8000 * 2) for _ in range(3)])
+    good, bad = BatchDtmfDetector(3), BatchDtmfDetector(3)
+    for det in (good, bad):
+        det.feed_rows([2, 0], x[[2, 0], :1600])
+    block = x[:2, 1600:1760]
+    calls = {
+        "duplicate": (ValueError, lambda: bad.feed_rows([1, 1], block)),
+        "unknown slot": (IndexError, lambda: bad.feed_rows([0, 3], block)),
+        "negative slot": (IndexError, lambda: bad.feed_rows([0, -1], block)),
+        "a mask, not indices": (ValueError, lambda: bad.feed_rows(np.array([True, True, False]), block)),
+        "rows/block mismatch": (ValueError, lambda: bad.feed_rows([0], block)),
+        "1-D block": (ValueError, lambda: bad.feed_rows([0], x[0, :160])),
+        "not whole blocks": (ValueError, lambda: bad.feed_rows([0, 1], x[:2, :170])),
+        "no samples": (ValueError, lambda: bad.feed_rows([0, 1], x[:2, :0])),
+    }
+    for name, (error, call) in calls.items():
+        with pytest.raises(error, match=r"slot|rows|shape|multiple|distinct|indices"):
+            call()
+        assert bad.samples_in.tolist() == [1600, 0, 1600], name
+    assert bad.feed_rows([], np.zeros((0, 20))) == []
+    for pos in range(1600, x.shape[1], 160):  # the failed calls left no trace
+        block = x[[1, 0, 2], pos : pos + 160]
+        assert good.feed_rows([1, 0, 2], block) == bad.feed_rows([1, 0, 2], block)
+    assert good.flush() == bad.flush()
+    with pytest.raises(RuntimeError, match="flushed"):
+        bad.feed_rows([0], x[:1, :160])
+    partial = BatchDtmfDetector(2)
+    partial.feed(x[:2, :30])  # lock-step feed left half a block pending
+    with pytest.raises(RuntimeError, match="partial block"):
+        partial.feed_rows([0], x[:1, 30:50])
