@@ -36,6 +36,9 @@ class ReorderBuffer:
 
     def push(self, packet: RtpPacket) -> list[RtpPacket]:
         """Add one packet; return the packets now due, in order."""
+        if packet.sequence == self._expected and not self._held:
+            self._expected = (packet.sequence + 1) % SEQ_MOD  # in order, nothing waiting: most packets
+            return [packet]
         if self._expected is None:
             self._expected = packet.sequence
         ahead = seq_delta(self._expected, packet.sequence)

@@ -129,8 +129,7 @@ class MediaWorker:
         finally:
             for task in tasks:
                 task.cancel()
-            for call_id in list(self.relay.calls):
-                self.relay.close_call(call_id)
+            self.relay.close()
             await layer.group_discard(worker_group(self.worker_id), channel)
 
     def recover(self) -> None:
@@ -183,7 +182,9 @@ class MediaWorker:
         row = await database_sync_to_async(CallRow.objects.filter(pk=call_id, state=CallState.LIVE).first)()
         if row is None or call_id in self.links:
             return
-        call = media_calls.Call(call_id, codec=row.codec, event_payload_type=row.event_payload_type)
+        call = media_calls.Call(
+            call_id, codec=row.codec, event_payload_type=row.event_payload_type, audio=self.relay.audio
+        )
         call.caller.peer = parse_address(row.caller_address)
         call.agent.peer = parse_address(row.agent_address)
         try:
@@ -192,6 +193,7 @@ class MediaWorker:
         except OSError as exc:
             logger.error("media worker %s: call %s cannot bind: %s", self.worker_id, call_id, exc)
             self.relay.close_call(call_id)
+            call.close()  # also when no leg got bound (the relay never held the call)
             await database_sync_to_async(row.end)(EndReason.BIND_FAILED)
             return
         self.links[call_id] = CallLink(row.tenant_id, started=asyncio.get_running_loop().time())

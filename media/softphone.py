@@ -80,13 +80,15 @@ def caller_packets(
     event_payload_type: int = 101,
     tail_ms: float = 300,
     rng: random.Random | None = None,
+    lead_ms: float = 200,
 ) -> tuple[list[tuple[float, bytes]], np.ndarray]:
-    """(send time in s, datagram) for the whole key sequence, and the audio sent.
+    """(send time in s, datagram) for the whole key sequence (after lead_ms of
+    silence), and the audio sent.
 
     In rfc4733 mode the audio carries silence where the tones would be."""
     if mode not in KEY_MODES:
         raise ValueError(f"mode must be one of {KEY_MODES}")
-    audio, spans = keypad_audio(keys)
+    audio, spans = keypad_audio(keys, lead_ms=lead_ms)
     audio = np.concatenate([audio, np.zeros(int(tail_ms * 8) // FRAME * FRAME, dtype=np.int16)])
     sent = audio.copy()
     if mode == "rfc4733":

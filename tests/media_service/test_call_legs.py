@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from media.calls import BARGE, MONITOR, Call
-from media.codecs import ulaw_decode
+from media.calls import BARGE, MONITOR, Call, CallAudioBatch
+from media.codecs import ulaw_decode, ulaw_encode
 from media.dtmf import detect
 from media.rtp import MalformedPacket, RtpPacket, parse_rtp
 from media.softphone import caller_packets
@@ -69,3 +69,111 @@ def test_malformed_unknown_and_oversized_packets_are_counted_and_dropped():
         assert call.receive(call.caller, data, 0.0).datagrams == []
     assert call.dropped == {"short": 2, "version": 1, "payload_type": 1, "oversized": 1}
     assert call.last_activity is None
+
+
+# --- many calls in one CallAudioBatch (what the relay does) -------------------------------
+
+
+def agent_audio(call: Call, datagrams) -> np.ndarray:
+    return np.concatenate([ulaw_decode(parse_rtp(out).payload) for leg, out in datagrams if leg is call.agent])
+
+
+def test_calls_sharing_a_batch_hear_and_key_exactly_what_each_call_alone_would():
+    keys = ["123", "4#", "0*9"]
+    alone = []
+    for index, digits in enumerate(keys):
+        call = Call(f"alone{index}")
+        datagrams, pressed = [], []
+        for at, data in caller_packets(digits)[0]:
+            received = call.receive(call.caller, data, at)
+            datagrams += received.datagrams
+            pressed += [k.digit for k in received.caller_keys]
+        alone.append((agent_audio(call, datagrams), "".join(pressed)))
+
+    batch = CallAudioBatch()
+    calls = [Call(f"shared{index}", audio=batch) for index in range(len(keys))]
+    streams = [caller_packets(digits)[0] for digits in keys]
+    datagrams: dict[Call, list] = {call: [] for call in calls}
+    pressed = {call: "" for call in calls}
+    # Calls start at different moments and sometimes deliver two packets to one flush.
+    for tick in range(max(len(s) for s in streams) + 10):
+        for index, (call, stream) in enumerate(zip(calls, streams, strict=True)):
+            position = tick - 3 * index
+            count = 2 if position % 7 == 0 else 1
+            for at, data in stream[max(position, 0) : max(position + count, 0)] if position >= 0 else []:
+                assert call.receive(call.caller, data, at).datagrams == []  # nothing until the flush
+        for call, received in batch.flush().items():
+            datagrams[call] += received.datagrams
+            pressed[call] += "".join(k.digit for k in received.caller_keys)
+    for call, (audio, digits) in zip(calls, alone, strict=True):
+        heard = agent_audio(call, datagrams[call])
+        assert np.array_equal(heard[: audio.size], audio)
+        assert pressed[call] == digits == keys[calls.index(call)]
+        assert detect(heard) == []
+
+
+def test_odd_packet_sizes_are_carried_over_without_losing_or_moving_a_sample():
+    reference, odd = Call("ref"), Call("odd")
+    packets = caller_packets("5")[0]
+    pcm = np.concatenate([ulaw_decode(parse_rtp(data).payload) for _at, data in packets])
+    heard_ref = agent_audio(reference, sum((reference.receive(reference.caller, d, at).datagrams
+                                            for at, d in packets), []))  # fmt: skip
+    # The same audio cut into 170-sample packets (not whole 2.5 ms blocks).
+    heard_odd = []
+    for index, start in enumerate(range(0, pcm.size - 170, 170)):
+        data = RtpPacket(0, index, start, 7, ulaw_encode(pcm[start : start + 170]).tobytes()).build()
+        for _leg, out in odd.receive(odd.caller, data, 0.0).datagrams:
+            heard_odd.append(ulaw_decode(parse_rtp(out).payload))
+    heard = np.concatenate(heard_odd)
+    assert {chunk.size for chunk in heard_odd} <= {160, 180}
+    assert np.array_equal(heard, heard_ref[: heard.size])
+
+
+def test_a_call_closed_with_audio_queued_sends_nothing_and_its_slot_serves_the_next_call():
+    batch = CallAudioBatch()
+    gone, stays = Call("gone", audio=batch), Call("stays", audio=batch)
+    packets = caller_packets("1")[0]
+    gone.receive(gone.caller, packets[0][1], 0.0)
+    stays.receive(stays.caller, packets[0][1], 0.0)
+    slot = gone.mask_slot
+    gone.close()
+    assert set(batch.flush()) == {stays}
+    newcomer = Call("new", audio=batch)
+    assert newcomer.mask_slot == slot
+    pressed = []
+    for at, data in packets:
+        newcomer.receive(newcomer.caller, data, at)
+        pressed += [k.digit for r in batch.flush().values() for k in r.caller_keys]
+    assert pressed == ["1"]
+
+
+def test_the_agent_keying_the_code_is_detected_in_the_shared_batch_until_linked():
+    batch = CallAudioBatch()
+    call = Call("c1", audio=batch)
+    keys = []
+    for at, data in caller_packets("4321")[0]:
+        call.receive(call.agent, data, at)
+        keys += [k.digit for r in batch.flush().values() for k in r.agent_keys]
+    assert keys == list("4321")
+    call.listen_for_agent_code = False
+    for at, data in caller_packets("99")[0]:
+        call.receive(call.agent, data, at)
+        assert not any(r.agent_keys for r in batch.flush().values())
+
+
+def test_supervisors_hear_the_agent_while_the_caller_sends_nothing():
+    call = Call("c1")
+    call.add_supervisor("watcher", MONITOR)
+    agent_voice = np.round(8000 * np.sin(np.arange(160 * 20) * 0.05)).astype(np.int16)
+    heard, to_agent, to_caller = [], [], []
+    for index in range(20):  # 400 ms of the agent talking to a silent (silence-suppressing) caller
+        payload = ulaw_encode(agent_voice[index * 160 : (index + 1) * 160]).tobytes()
+        for leg, out in call.receive(call.agent, RtpPacket(0, index, index * 160, 9, payload).build(), 0.0).datagrams:
+            {"watcher": heard, "agent": to_agent, "caller": to_caller}[leg.name].append(parse_rtp(out).payload)
+    heard = [ulaw_decode(payload) for payload in heard]
+    # Sent on its own once 100 ms had backed up, then packet by packet.
+    assert len(heard) >= 14
+    voice = ulaw_decode(ulaw_encode(agent_voice))
+    assert np.array_equal(np.concatenate(heard), voice[: 160 * len(heard)])
+    assert to_agent == []  # the agent never hears themselves
+    assert len(to_caller) == 20  # ... and the caller hears every word

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 
+from media.relay import tune_gc_for_relaying
 from media.service import MediaWorker
 from tenants.management.commands._base import OperatorCommand
 
@@ -21,6 +22,7 @@ class Command(OperatorCommand):
     def handle(self, *args, worker_id=None, host=None, rtp_timeout=None, **options) -> None:
         if rtp_timeout is not None and rtp_timeout <= 0:
             raise self.fail("--rtp-timeout must be positive")
+        tune_gc_for_relaying()
         asyncio.run(self._serve(MediaWorker(worker_id, host, rtp_timeout)))
 
     async def _serve(self, worker: MediaWorker) -> None:
