@@ -94,6 +94,9 @@ def _basis(freqs: tuple[int, ...]) -> np.ndarray:
 
 
 _ROT_PERIOD = SAMPLE_RATE // math.gcd(BLOCK, SAMPLE_RATE)  # blocks per whole second
+# Rows per correlation matmul: OpenBLAS runs a gemm on floor(M*N*K / 262144) threads
+# (default GEMM_MULTITHREAD_THRESHOLD), so 512 x 48 x 20 stays on one.
+_GEMM_ROWS = 512
 
 
 def _rotation(freqs: np.ndarray) -> np.ndarray:
@@ -186,10 +189,15 @@ class BlockAnalyzer:
         n, k = data.shape[0], data.shape[1] // BLOCK
         k0 = self.blocks_done.copy() if rows is None else self.blocks_done[rows]  # a copy: blocks_done moves on
         nf = self.freqs.size
-        blocks = data.reshape(n * k, BLOCK)  # one 2-D product: a stacked matmul costs a BLAS call per row
+        blocks = data.reshape(n * k, BLOCK)  # 2-D products: a stacked matmul costs a BLAS call per row
         # Exact (integer samples x 2**-24-quantised basis), so layout and BLAS
         # blocking cannot change a bit; re/im interleaved = complex values.
-        corr = (blocks @ self._pairs).view(np.complex128).reshape(n, k, nf)
+        # At most _GEMM_ROWS rows per call: OpenBLAS keeps those on one thread
+        # (a threaded call leaves a helper thread spinning, burning a second core).
+        corr = np.empty((n * k, 2 * nf))
+        for a in range(0, n * k, _GEMM_ROWS):
+            np.matmul(blocks[a : a + _GEMM_ROWS], self._pairs, out=corr[a : a + _GEMM_ROWS])
+        corr = corr.view(np.complex128).reshape(n, k, nf)
         # Block start -> phase on the stream's own clock; a table lookup (the
         # phases repeat every second) gives the very values _rotation's formula gives.
         if rows is None and k0.size and (k0 == k0[0]).all():
@@ -562,6 +570,8 @@ class BatchDtmfDetector:
         k0s = k0s.tolist() if k0s.ndim else [int(k0s)] * n
         row_list = None if rows is None else rows.tolist()
         p_his, q_los, pp_los, pp_his = hits or ((),) * 4
+        if hits:
+            (first_rels, low_digits), (last_rels, high_digits), (peaks_lo, peaks_hi) = lows, highs, peaks
         states, open_segments = self.states, self.open
         out: dict[int, list[KeyPress]] = {}
         for j, (a, b, r) in todo.items():
@@ -574,19 +584,19 @@ class BatchDtmfDetector:
                 # Common cases: the frames all carry one digit, no gap to bridge:
                 # a segment starts or goes on.  _run_items' updates in bulk (max
                 # is exact; reduce(add) adds left to right like its +=).
-                first, d = lows[0][r], lows[1][r]
-                bulk = highs[0][r] - first <= GAP_FRAMES and highs[1][r] == d
+                first, d = first_rels[r], low_digits[r]
+                bulk = last_rels[r] - first <= GAP_FRAMES and high_digits[r] == d
                 if bulk and seg is None:
                     seg = st.segment = _Segment(d, k0 + first, k0 + first)
                 elif bulk:
                     bulk = k0 + first - seg.last <= GAP_FRAMES and d == seg.digit
                 if bulk:
-                    seg.last = k0 + highs[0][r]
+                    seg.last = k0 + last_rels[r]
                     seg.other_count = 0
-                    peak = peaks[0][r]
+                    peak = peaks_lo[r]
                     if peak > seg.peak_lo:
                         seg.peak_lo = peak
-                    peak = peaks[1][r]
+                    peak = peaks_hi[r]
                     if peak > seg.peak_hi:
                         seg.peak_hi = peak
                     seg.sum_lo = reduce(add, q_los[a:b], seg.sum_lo)
