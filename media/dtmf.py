@@ -525,7 +525,7 @@ class BatchDtmfDetector:
 
         # Python only touches candidate frames and open segments, as column lists
         # (one slice per row) of the candidate frames' values.
-        flat = np.flatnonzero(valid)
+        flat = valid.nonzero()[0]  # (the method: np.flatnonzero adds a Python-level wrapper)
         todo: dict[int, tuple[int, int, int]] = {}  # row j -> its slice a:b of the hit lists, its row index r
         hits: tuple[list, ...] = ()
         if flat.size:
@@ -534,7 +534,7 @@ class BatchDtmfDetector:
             frame_digit = np.empty((2, h), dtype=np.int64)  # candidate frames' rel frame, digit
             np.divmod(flat, count, out=(hit_rows, frame_digit[0]))
             rels, dig = frame_digit
-            np.take(digit, flat, out=dig)
+            digit.take(flat, out=dig)
             # Pulse-pair products W[k] * conj(W[k - LAG]) at the frame's own tones,
             # kept only when the lagged frame had the same digit.
             cols = best[:, flat]
@@ -545,7 +545,7 @@ class BatchDtmfDetector:
             head = np.empty(h, dtype=bool)  # first candidate frame of its row
             head[0] = True
             np.not_equal(hit_rows[1:], hit_rows[:-1], out=head[1:])
-            starts = np.flatnonzero(head)
+            starts = head.nonzero()[0]
             # Per row: first/last frame, lowest/highest digit, peak levels (reduceat
             # of selections: exact), so the common case needs no per-frame lists.
             lows = np.minimum.reduceat(frame_digit, starts, axis=1).tolist()
@@ -556,19 +556,19 @@ class BatchDtmfDetector:
             cuts = [*starts.tolist(), h]
             first_rows = hit_rows[starts].tolist()
             todo = {j: (cuts[r], cuts[r + 1], r) for r, j in enumerate(first_rows)}
+        row_list = None if rows is None else rows.tolist()
         if self.open:
-            if rows is None:
+            if row_list is None:
                 for j in self.open:
                     todo.setdefault(j, (0, 0, -1))  # open segments may end (or get their onset) without candidates
             else:
-                for j, i in enumerate(rows.tolist()):
+                for j, i in enumerate(row_list):
                     if i in self.open:
                         todo.setdefault(j, (0, 0, -1))
         if not todo:
             return {}
         k0s = np.asarray(k0, dtype=np.int64)
         k0s = k0s.tolist() if k0s.ndim else [int(k0s)] * n
-        row_list = None if rows is None else rows.tolist()
         p_his, q_los, pp_los, pp_his = hits or ((),) * 4
         if hits:
             (first_rels, low_digits), (last_rels, high_digits), (peaks_lo, peaks_hi) = lows, highs, peaks

@@ -45,6 +45,8 @@ from media.dtmf import (
     BatchDtmfDetector,
     BlockAnalyzer,
     KeyPress,
+    _first_at_least,
+    _first_below,
     check_rows,
     joint_windows,
     keep_rows,
@@ -90,17 +92,16 @@ def first_sample_decided_at(frame: int) -> int:
     return BLOCK * (frame + 1) - _DEADLINE_OFFSET
 
 
-def positions(row_list: list[int] | None, *containers: dict | set) -> list[tuple[int, int]]:
-    """(slot, j) for each slot in any of `containers` that is row_list[j] (None:
+def positions(row_list: list[int] | None, slots: dict | set, more: dict | set = frozenset()) -> list[tuple[int, int]]:
+    """(slot, j) for each slot in `slots` or `more` that is row_list[j] (None:
     every slot, j = slot), in row order.  A lookup per row: O(k) for k rows."""
-    if not any(containers):
+    if not slots and not more:
         return []
     if row_list is None:
-        return [(s, s) for s in sorted(set().union(*containers))]
-    if len(containers) == 1:
-        (slots,) = containers
+        return [(s, s) for s in sorted({*slots, *more})]
+    if not more:
         return [(i, j) for j, i in enumerate(row_list) if i in slots]
-    return [(i, j) for j, i in enumerate(row_list) if any(i in c for c in containers)]
+    return [(i, j) for j, i in enumerate(row_list) if i in slots or i in more]
 
 
 @dataclass(slots=True)
@@ -248,7 +249,7 @@ class _MaskCore:
         rows: np.ndarray | None,
         row_list: list[int] | None,
     ) -> None:
-        """Onset flags of the new frames from their 10 ms windows (short_windows);
+        """Onset flags of the new frames from their 10 ms windows (joint_windows);
         row j is stream rows[j] (None: j)."""
         _, energy, amp = windows
         n, count = amp.shape[1:]
@@ -268,21 +269,28 @@ class _MaskCore:
         level = env[:, ENV_RING:]
         np.sqrt(power, out=level)
         self.env = keep_rows(self.env, rows, env[:, -ENV_RING:])
-        hit_rows, rels = np.nonzero(flags)
-        todo: dict[int, tuple[int, int]] = {}  # row j -> its slice of the flagged lists
-        flagged: tuple[list[int], list[float]] = ([], [])
+        hit_rows, rels = flags.nonzero()
+        todo: dict[int, tuple[int, int, int]] = {}  # row j -> its slice a:b of the flagged frames, its row index r
         if hit_rows.size:
-            flagged = (rels.tolist(), level[hit_rows, rels].tolist())  # frame, envelope
-            cuts = [0, *(np.flatnonzero(hit_rows[1:] != hit_rows[:-1]) + 1).tolist(), hit_rows.size]
-            todo = dict(zip(hit_rows[cuts[:-1]].tolist(), zip(cuts[:-1], cuts[1:], strict=True), strict=True))
+            levels = level[hit_rows, rels]
+            head = np.empty(hit_rows.size, dtype=bool)  # first flagged frame of its row
+            head[0] = True
+            np.not_equal(hit_rows[1:], hit_rows[:-1], out=head[1:])
+            starts = head.nonzero()[0]
+            # Per row: first/last flagged frame and the strongest envelope (max
+            # is exact), all the common case needs.
+            first_rels = rels[starts].tolist()
+            last_rels = np.maximum.reduceat(rels, starts).tolist()
+            peaks = np.maximum.reduceat(levels, starts).tolist()
+            cuts = [*starts.tolist(), hit_rows.size]
+            todo = {j: (cuts[r], cuts[r + 1], r) for r, j in enumerate(hit_rows[starts].tolist())}
         for _, j in positions(row_list, self.runs):
-            todo.setdefault(j, (0, 0))  # open bursts may end without flags
+            todo.setdefault(j, (0, 0, -1))  # open bursts may end without flags
         if not todo:
             return
         k0_list = k0s.tolist()
-        rels_l, levels_l = flagged
         runs = self.runs
-        for j, (a, b) in todo.items():
+        for j, (a, b, r) in todo.items():
             k0 = k0_list[j]
             i = j if row_list is None else row_list[j]
             run = runs.get(i)
@@ -290,19 +298,19 @@ class _MaskCore:
                 a < b
                 and run is not None
                 and run.interval is not None
-                and k0 + rels_l[a] - run.last <= GAP_FRAMES + 1
-                and rels_l[b - 1] - rels_l[a] <= GAP_FRAMES + 1
+                and k0 + first_rels[r] - run.last <= GAP_FRAMES + 1
+                and last_rels[r] - first_rels[r] <= GAP_FRAMES + 1
             ):
                 # Most common: a confirmed burst goes on (_flag_stream's bulk path, inline).
-                peak = max(levels_l[a:b])
-                if peak > run.peak:
-                    run.peak = peak
+                if peaks[r] > run.peak:
+                    run.peak = peaks[r]
                 run.count += b - a
-                run.last = k0 + rels_l[b - 1]
+                run.last = k0 + last_rels[r]
                 if k0 + count - 1 - run.last > GAP_FRAMES:
                     self._close_run(i, run, env[j], k0 - ENV_RING)
             else:
-                self._flag_stream(i, k0, rels_l[a:b], levels_l[a:b], env, j, k0 + count)
+                flagged = (rels[a:b].tolist(), levels[a:b].tolist()) if a < b else ([], [])
+                self._flag_stream(i, k0, *flagged, env, j, k0 + count)
 
     def _flag_stream(
         self, i: int, k0: int, rels: list[int], levels: list[float], env: np.ndarray, j: int, end_frame: int
@@ -311,11 +319,7 @@ class _MaskCore:
         env[j, 0] is frame k0 - ENV_RING."""
         run = self.runs.get(i)
         base = k0 - ENV_RING
-        if (
-            rels
-            and rels[-1] - rels[0] <= GAP_FRAMES + 1
-            and (run is None or k0 + rels[0] - run.last <= GAP_FRAMES + 1)
-        ):
+        if rels and rels[-1] - rels[0] <= GAP_FRAMES + 1 and (run is None or k0 + rels[0] - run.last <= GAP_FRAMES + 1):
             # Common cases: no gap ends the burst, it starts or goes on: the loop
             # below in bulk (max is exact), split where the burst gets confirmed.
             if run is None:
@@ -358,7 +362,7 @@ class _MaskCore:
         lo_frame = max(run.first - 5, base)
         seg = env[lo_frame - base : now - base + 1].tolist()  # Python floats: same IEEE operations
         half = 0.5 * run.peak
-        j = next((j for j, v in enumerate(seg) if v >= half), 0) - 1  # np.argmax(seg >= half) - 1
+        j = _first_at_least(seg, half) - 1  # np.argmax(seg >= half) - 1
         if j < 0:
             t = (lo_frame + 1) * BLOCK - WINDOW
         else:
@@ -373,7 +377,7 @@ class _MaskCore:
         closing = run.last + GAP_FRAMES + 1
         seg = env[run.last - base : closing - base + 1].tolist()
         half = 0.5 * run.peak
-        j = next((j for j, v in enumerate(seg) if v < half), 0)  # np.argmax(seg < half)
+        j = _first_below(seg, half) or 0  # np.argmax(seg < half)
         if j == 0:
             t = (run.last + 1) * BLOCK - WINDOW / 2
         else:
@@ -395,7 +399,7 @@ class _MaskCore:
         streams = [i for i, _ in busy]
         firsts = self.out_pos[streams].tolist()
         settings = zip(self.amplitude[streams].tolist(), self.tone_hz[streams].tolist(), strict=True)
-        decided = BLOCK - _DEADLINE_OFFSET  # first_sample_decided_at(f) == BLOCK * f + decided
+        decided = first_sample_decided_at(0)  # first_sample_decided_at(f) == BLOCK * f + decided
         intervals, events, tone_starts = self.intervals, self.events, self.tone_start
         # Rows masked from start to end with the first stream's setting (usually all).
         setting = (float(self.amplitude[busy[0][0]]), float(self.tone_hz[busy[0][0]]))
