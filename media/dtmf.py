@@ -228,22 +228,6 @@ def keep_rows(state: np.ndarray, rows: np.ndarray | None, new: np.ndarray) -> np
     return state
 
 
-def row_positions(rows: np.ndarray | None, slots: Iterable[int]) -> dict[int, int]:
-    """{slot: j} for each of `slots` that is rows[j] (rows None: every slot, j = slot).
-    Lets sparse per-stream Python state be matched to a push in O(k log k + slots)."""
-    if rows is None:
-        return {s: s for s in slots}
-    slots = list(slots)
-    if not slots or not rows.size:
-        return {}
-    order = np.argsort(rows, kind="stable")
-    ordered = rows[order]
-    wanted = np.array(slots, dtype=np.int64)
-    at = np.minimum(np.searchsorted(ordered, wanted), ordered.size - 1)
-    hit = ordered[at] == wanted
-    return dict(zip(wanted[hit].tolist(), order[at[hit]].tolist(), strict=True))
-
-
 def check_rows(rows: Sequence[int] | np.ndarray, block: np.ndarray, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
     """Validate a push to some streams: `rows` distinct slot indices in [0, n_slots),
     `block` (len(rows), m) with m a positive multiple of BLOCK.  Returns (rows as
