@@ -182,6 +182,11 @@ class Received:
     caller_keys: list[KeyPress] = field(default_factory=list)
     agent_keys: list[KeyPress] = field(default_factory=list)
 
+    def extend(self, other: Received) -> None:
+        self.datagrams += other.datagrams
+        self.caller_keys += other.caller_keys
+        self.agent_keys += other.agent_keys
+
 
 class KeySource:
     """Key presses of one leg from in-band audio and RFC 4733 events, each once.
@@ -211,27 +216,28 @@ class _Queued:
     """Audio of one leg of a call waiting for the next batch. Only whole blocks
     go to the DSP; a remainder (odd packet sizes) waits for the next packet."""
 
-    __slots__ = ("chunks", "markers", "carry")
+    __slots__ = ("chunks", "marker", "carry")
 
     def __init__(self) -> None:
         self.chunks: list[np.ndarray] = []
-        self.markers: list[bool] = []
+        self.marker = False  # of the first queued packet: the only one the output packets can carry
         self.carry = np.zeros(0, dtype=np.int16)
 
     def add(self, pcm: np.ndarray, marker: bool = False) -> None:
+        if not self.chunks:
+            self.marker = marker
         self.chunks.append(pcm)
-        self.markers.append(marker)
 
     def take(self) -> tuple[np.ndarray, list[int], bool]:
         """(queued samples cut to whole blocks, the packet sizes they came in, marker of the first)."""
-        sizes, marker = [chunk.size for chunk in self.chunks], any(self.markers[:1])
+        sizes, marker = [chunk.size for chunk in self.chunks], self.marker
         if len(self.chunks) == 1 and not self.carry.size:
             pcm = self.chunks[0]
         else:
             pcm = np.concatenate([self.carry, *self.chunks])
         usable = pcm.size - pcm.size % BLOCK
         self.carry = pcm[usable:]
-        self.chunks, self.markers = [], []
+        self.chunks, self.marker = [], False
         return pcm[:usable], sizes, marker
 
 
@@ -290,10 +296,7 @@ class CallAudioBatch:
         results: dict[Call, Received] = {}
         for pushed in self.flush_in_pushes():
             for call, received in pushed.items():
-                merged = results.setdefault(call, Received())
-                merged.datagrams += received.datagrams
-                merged.caller_keys += received.caller_keys
-                merged.agent_keys += received.agent_keys
+                results.setdefault(call, Received()).extend(received)
         return results
 
     def flush_in_pushes(self) -> Iterator[dict[Call, Received]]:
@@ -444,9 +447,7 @@ class Call:
                 self._from_supervisor(leg, ordered, out)
         if self.audio.immediate and self.audio.pending:
             for received in self.audio.flush().values():
-                out.datagrams += received.datagrams
-                out.caller_keys += received.caller_keys
-                out.agent_keys += received.agent_keys
+                out.extend(received)
         return out
 
     def _new_inbound_stream(self, leg: Leg, packet: RtpPacket) -> None:

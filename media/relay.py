@@ -159,12 +159,12 @@ class Relay:
             else:
                 self._flush_timer = self._loop.call_at(due, self.flush)
 
-    def on_datagram(self, call: Call, leg: Leg, data: bytes, addr: tuple[str, int], now: float | None = None) -> None:
+    def on_datagram(self, call: Call, leg: Leg, data: bytes, addr: tuple[str, int], now: float) -> None:
         if not leg.accept_source(addr):
             call.dropped["foreign_source"] = call.dropped.get("foreign_source", 0) + 1
             return
         try:
-            received = call.receive(leg, data, time.monotonic() if now is None else now)
+            received = call.receive(leg, data, now)
         except Exception:  # a bug must cost one packet, not every call of the worker
             self.errors += 1
             logger.exception("call %s: packet from %s dropped", call.call_id, leg.name)
