@@ -41,7 +41,19 @@ from media.dtmf import BLOCK, SAMPLE_RATE, BatchDtmfDetector, KeyPress
 from media.jitter import ReorderBuffer
 from media.masker import BatchStreamingMasker
 from media.rfc4733 import EventTracker, KeyPressMerger
-from media.rtp import RTP_HEADER, MalformedPacket, RtpPacket, build_sender_report, is_rtcp, parse_rtcp, parse_rtp
+from media.rtp import (
+    RTCP_SR,
+    RTP_HEADER,
+    MalformedPacket,
+    ReceptionStats,
+    RtpPacket,
+    SenderInfo,
+    build_report,
+    is_rtcp,
+    parse_rtcp,
+    parse_rtp,
+    parse_sender_info,
+)
 
 CALLER, AGENT, SUPERVISOR = "caller", "agent", "supervisor"
 MONITOR, BARGE = "monitor", "barge"
@@ -160,10 +172,12 @@ class Leg:
         self.mode = mode
         self.peer: tuple[str, int] | None = None
         self.ssrc: int | None = None  # of the inbound stream
+        self.stats: ReceptionStats | None = None  # of the inbound stream, for our RTCP report blocks
         self.reorder = ReorderBuffer()
         self.timeline = InboundTimeline()
         self.outbound = OutboundStream(rng)
         self.out_position = 0  # samples sent on the outbound stream
+        self.forward_offset = 0  # added to a relayed stream's positions (see Call._forward)
         self.mix_in = MixQueue()  # secondary audio mixed into what this leg hears
         self.received = 0
 
@@ -381,6 +395,8 @@ class Call:
         self.audio.add_call(self, mask_mode)
         self.dropped: dict[str, int] = {}
         self.last_activity: float | None = None
+        # RTCP CNAME of all our outbound streams of this call (RFC 7022: random, per call).
+        self.cname = f"securepay-{self._rng.getrandbits(64):016x}"
 
     # --- legs -------------------------------------------------------------
     def leg(self, name: str) -> Leg:
@@ -415,11 +431,7 @@ class Call:
     def receive(self, leg: Leg, data: bytes, now: float) -> Received:
         out = Received()
         if is_rtcp(data):
-            try:
-                parse_rtcp(data)
-                self._drop("rtcp_consumed")  # our outbound streams carry our own SR
-            except MalformedPacket as exc:
-                self._drop(exc.reason)
+            self._receive_rtcp(leg, data, now)
             return out
         try:
             packet = parse_rtp(data)
@@ -438,6 +450,9 @@ class Call:
             if leg.ssrc is not None:
                 self._new_inbound_stream(leg, packet)
             leg.ssrc = packet.ssrc
+            leg.stats = ReceptionStats(packet.ssrc, packet.sequence)
+        audio = packet.payload_type == self.codec.payload_type
+        leg.stats.packet(packet.sequence, packet.timestamp, now if audio else None, SAMPLE_RATE)
         for ordered in leg.reorder.push(packet):
             if leg is self.caller:
                 self._from_caller(ordered, out)
@@ -449,6 +464,21 @@ class Call:
             for received in self.audio.flush().values():
                 out.extend(received)
         return out
+
+    def _receive_rtcp(self, leg: Leg, data: bytes, now: float) -> None:
+        """RTCP is not relayed (each leg hears our own streams, with our own reports);
+        a sender report of the leg's stream is noted for our next report's round-trip fields."""
+        try:
+            packets = parse_rtcp(data)
+            for packet in packets:
+                if packet.packet_type == RTCP_SR:
+                    ssrc, whole, fraction = parse_sender_info(packet)
+                    if leg.stats is not None and ssrc == leg.stats.ssrc:
+                        leg.stats.sender_report(whole, fraction, now)
+        except MalformedPacket as exc:
+            self._drop(exc.reason)
+            return
+        self._drop("rtcp_consumed")
 
     def _new_inbound_stream(self, leg: Leg, packet: RtpPacket) -> None:
         """The peer's phone started a new stream (new SSRC: re-INVITE, transfer, a
@@ -543,7 +573,8 @@ class Call:
                 self._send_if_main_stream_silent(supervisor, pcm.size, out)
             if barge is not None:
                 payload = self.codec.encode(mix(pcm, barge)).tobytes()
-        self._forward(self.caller, packet, position, payload, out)
+        timeline.next_position = position + len(payload)  # a new agent stream continues from here
+        self._forward(self.caller, packet, position, payload, out, samples=len(payload))
 
     def _from_supervisor(self, leg: Leg, packet: RtpPacket, out: Received) -> None:
         if leg.mode != BARGE or packet.payload_type != self.codec.payload_type:
@@ -553,14 +584,14 @@ class Call:
         self.caller.mix_in.add(pcm)
         self.agent.mix_in.add(pcm)
         self._send_if_main_stream_silent(self.agent, pcm.size, out)
-        # The caller leg's stream keeps the agent's timestamps, so while the agent
-        # sends nothing the barging supervisor's voice waits (up to MIX_LIMIT) for it.
+        self._send_if_main_stream_silent(self.caller, pcm.size, out)
 
     # --- output -----------------------------------------------------------
     def _send_if_main_stream_silent(self, leg: Leg, count: int, out: Received) -> None:
         """Secondary audio backing up means the main stream is silent: send it alone."""
         if leg.mix_in.queued > MIX_STANDALONE_SAMPLES:
             self._send(leg, np.zeros(count, dtype=np.int16), None, False, out)
+
     def _send(self, leg: Leg, pcm: np.ndarray, payload: bytes | None, marker: bool, out: Received) -> None:
         """Masked caller audio (with this leg's secondary audio mixed in) to one leg."""
         other = leg.mix_in.take(pcm.size) if leg.mix_in.queued else None
@@ -569,23 +600,46 @@ class Call:
         out.datagrams.append((leg, leg.outbound.packet(self.codec.payload_type, leg.out_position, payload, marker)))
         leg.out_position += pcm.size
 
-    def _forward(self, leg: Leg, packet: RtpPacket, position: int, payload: bytes, out: Received) -> None:
-        """Relay a packet with our own SSRC/sequence; timestamps keep the sender's spacing."""
+    def _forward(
+        self, leg: Leg, packet: RtpPacket, position: int, payload: bytes, out: Received, samples: int = 0
+    ) -> None:
+        """Relay a packet with our own SSRC/sequence; timestamps keep the sender's
+        spacing. Audio (`samples` > 0) never starts before what the leg already
+        heard: after audio we sent on our own (a barging supervisor while the
+        agent was silent) the sender's timestamps are shifted past it."""
+        position += leg.forward_offset
+        if samples:
+            if position < leg.out_position:
+                leg.forward_offset += leg.out_position - position
+                position = leg.out_position
+            leg.out_position = position + samples
         data = leg.outbound.packet(packet.payload_type, position, payload, packet.marker)
         out.datagrams.append((leg, data))
 
     def sender_reports(self, now: float, wall_time: float) -> list[tuple[Leg, bytes]]:
-        """RTCP SRs for our outbound streams every RTCP_INTERVAL_S (RFC 5761 muxed)."""
+        """RTCP reports every RTCP_INTERVAL_S to each leg (RFC 5761 muxed): an SR for
+        our stream to it (an RR while we sent nothing), with a reception report
+        block about its stream to us, and our CNAME."""
         reports = []
         for leg in self.legs:
-            stream = leg.outbound
-            if stream.packets and now - stream.last_report >= RTCP_INTERVAL_S:
-                stream.last_report = now
-                report = build_sender_report(
-                    stream.ssrc, wall_time + NTP_EPOCH_OFFSET, stream.last_timestamp, stream.packets, stream.octets
-                )
-                reports.append((leg, report))
+            if (leg.outbound.packets or leg.stats) and now - leg.outbound.last_report >= RTCP_INTERVAL_S:
+                leg.outbound.last_report = now
+                reports.append((leg, self._report(leg, now, wall_time)))
         return reports
+
+    def goodbye(self, leg: Leg, now: float, wall_time: float) -> bytes | None:
+        """The last report to a leg that is going away, with an RTCP BYE (None: no stream either way)."""
+        if not (leg.outbound.packets or leg.stats):
+            return None
+        return self._report(leg, now, wall_time, bye=True)
+
+    def _report(self, leg: Leg, now: float, wall_time: float, bye: bool = False) -> bytes:
+        stream = leg.outbound
+        sender = None
+        if stream.packets:
+            sender = SenderInfo(wall_time + NTP_EPOCH_OFFSET, stream.last_timestamp, stream.packets, stream.octets)
+        blocks = (leg.stats.block(now),) if leg.stats is not None else ()
+        return build_report(stream.ssrc, self.cname, sender, blocks, bye)
 
     def _drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1

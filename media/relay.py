@@ -86,7 +86,9 @@ class Relay:
         except OSError:
             sock.close()
             raise
-        self.close_leg(call, leg.name)  # a re-opened leg replaces its old socket
+        replaced = self._forget_leg(call, leg.name)
+        if replaced is not None:  # a re-opened leg gets a new socket; its stream goes on (no BYE)
+            replaced.sock.close()
         entry = _LegSocket(sock, call, leg)
         self._legs[(call.call_id, leg.name)] = entry
         self._by_fd[sock.fileno()] = entry
@@ -99,13 +101,26 @@ class Relay:
         return None if entry is None else entry.sock
 
     def close_leg(self, call: Call, leg_name: str) -> None:
+        """Stop relaying to and from one leg; its phone gets our last report and an RTCP BYE."""
+        entry = self._forget_leg(call, leg_name)
+        if entry is None:
+            return
+        goodbye = call.goodbye(entry.leg, time.monotonic(), time.time())
+        if goodbye is not None and entry.leg.peer is not None:
+            try:
+                entry.sock.sendto(goodbye, entry.leg.peer)
+            except OSError:  # the phone is gone already
+                pass
+        entry.sock.close()
+
+    def _forget_leg(self, call: Call, leg_name: str) -> _LegSocket | None:
         entry = self._legs.pop((call.call_id, leg_name), None)
         if entry is not None:
             self._by_fd.pop(entry.sock.fileno(), None)
             if self._sockets.get(entry.leg) is entry.sock:
                 del self._sockets[entry.leg]
             self._epoll.unregister(entry.sock.fileno())
-            entry.sock.close()
+        return entry
 
     def close_call(self, call_id: str) -> Call | None:
         call = self.calls.pop(call_id, None)

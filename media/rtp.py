@@ -20,7 +20,9 @@ RTCP_HEADER = struct.Struct("!BBH")
 MAX_DATAGRAM = 1500  # larger than an Ethernet MTU: not audio we relay
 RTCP_SR = 200
 RTCP_RR = 201
+RTCP_SDES = 202
 RTCP_BYE = 203
+SDES_CNAME = 1
 
 
 class MalformedPacket(ValueError):
@@ -171,17 +173,170 @@ def parse_rtcp(data: bytes) -> list[RtcpPacket]:
     return packets
 
 
-def build_sender_report(ssrc: int, ntp_seconds: float, rtp_timestamp: int, packets: int, octets: int) -> bytes:
-    """An RTCP SR with no report blocks (RFC 3550 6.4.1), for a stream we originate."""
-    ntp_whole = int(ntp_seconds)
-    ntp_fraction = int((ntp_seconds - ntp_whole) * 2**32) & 0xFFFFFFFF
-    body = struct.pack(
-        "!IIIIII",
-        ssrc & 0xFFFFFFFF,
-        ntp_whole & 0xFFFFFFFF,
-        ntp_fraction,
-        rtp_timestamp & 0xFFFFFFFF,
-        packets & 0xFFFFFFFF,
-        octets & 0xFFFFFFFF,
-    )
-    return RTCP_HEADER.pack(RTP_VERSION << 6, RTCP_SR, len(body) // 4) + body
+@dataclass(frozen=True)
+class SenderInfo:
+    """The sender-info part of an SR: the stream's wallclock/RTP time pair and counts."""
+
+    ntp_seconds: float
+    rtp_timestamp: int
+    packets: int
+    octets: int
+
+
+@dataclass(frozen=True)
+class ReportBlock:
+    """One reception report block (RFC 3550 6.4.1) about a stream we receive."""
+
+    ssrc: int
+    fraction_lost: int  # 8-bit fixed point
+    cumulative_lost: int  # 24-bit signed (duplicates can make it negative)
+    highest_sequence: int  # extended: cycles << 16 | highest sequence number
+    jitter: int  # timestamp units
+    last_sr: int  # middle 32 bits of the NTP time of the last SR received, 0 if none
+    delay_since_last_sr: int  # 1/65536 s since that SR arrived, 0 if none
+
+    def pack(self) -> bytes:
+        lost = max(-(1 << 23), min((1 << 23) - 1, self.cumulative_lost)) & 0xFFFFFF
+        return struct.pack(
+            "!IIIIII",
+            self.ssrc & 0xFFFFFFFF,
+            (self.fraction_lost & 0xFF) << 24 | lost,
+            self.highest_sequence & 0xFFFFFFFF,
+            self.jitter & 0xFFFFFFFF,
+            self.last_sr & 0xFFFFFFFF,
+            self.delay_since_last_sr & 0xFFFFFFFF,
+        )
+
+    @classmethod
+    def unpack(cls, data: bytes, offset: int = 0) -> ReportBlock:
+        ssrc, lost, highest, jitter, last_sr, delay = struct.unpack_from("!IIIIII", data, offset)
+        cumulative = lost & 0xFFFFFF
+        if cumulative & 0x800000:
+            cumulative -= 1 << 24
+        return cls(ssrc, lost >> 24, cumulative, highest, jitter, last_sr, delay)
+
+
+MAX_DROPOUT = 3000  # RFC 3550 A.1: a jump ahead of at most this many packets is loss
+MAX_MISORDER = 100  # ... and this far behind, a late or duplicate packet
+
+
+class ReceptionStats:
+    """What arrived of one inbound RTP stream, for its reception report block:
+    the extended highest sequence number and loss of RFC 3550 A.1/A.3 and the
+    interarrival jitter of A.8 (audio packets only: a telephone-event repeats
+    its start timestamp, which is not a sampling instant)."""
+
+    def __init__(self, ssrc: int, sequence: int) -> None:
+        self.ssrc = ssrc
+        self._restart(sequence)
+        self.jitter = 0.0
+        self._transit: int | None = None
+        self._bad_sequence: int | None = None
+        self._last_sr: int = 0
+        self._last_sr_arrival: float | None = None
+
+    def _restart(self, sequence: int) -> None:
+        self.base_sequence = self.max_sequence = sequence
+        self.cycles = 0
+        self.received = 0
+        self._expected_prior = self._received_prior = 0
+
+    def packet(self, sequence: int, timestamp: int, arrival: float | None, rate: int) -> None:
+        """One packet of the stream; arrival in seconds (None: not audio, no jitter sample)."""
+        delta = (sequence - self.max_sequence) & 0xFFFF
+        if delta < MAX_DROPOUT:
+            if sequence < self.max_sequence:
+                self.cycles += 1 << 16  # wrapped
+            self.max_sequence = sequence
+        elif delta <= (1 << 16) - MAX_MISORDER:
+            # A big jump: the sender restarted, if the next packet follows this one.
+            if sequence != self._bad_sequence:
+                self._bad_sequence = (sequence + 1) & 0xFFFF
+                return
+            self._restart(sequence)
+            self._transit = None
+        self._bad_sequence = None
+        self.received += 1
+        if arrival is not None:
+            transit = round(arrival * rate) - timestamp
+            if self._transit is not None:
+                change = transit - self._transit
+                self.jitter += (abs(change) - self.jitter) / 16
+            self._transit = transit
+
+    def sender_report(self, ntp_whole: int, ntp_fraction: int, arrival: float) -> None:
+        """The sender's own SR arrived: echoed in our next block (round-trip time)."""
+        self._last_sr = (ntp_whole & 0xFFFF) << 16 | ntp_fraction >> 16
+        self._last_sr_arrival = arrival
+
+    def block(self, now: float) -> ReportBlock:
+        """The report block as of now; starts the next loss interval."""
+        highest = self.cycles + self.max_sequence
+        expected = highest - self.base_sequence + 1
+        expected_interval = expected - self._expected_prior
+        lost_interval = expected_interval - (self.received - self._received_prior)
+        self._expected_prior, self._received_prior = expected, self.received
+        fraction = (lost_interval << 8) // expected_interval if expected_interval > 0 and lost_interval > 0 else 0
+        delay = 0
+        if self._last_sr_arrival is not None:
+            delay = int(max(0.0, now - self._last_sr_arrival) * 65536)
+        return ReportBlock(
+            self.ssrc,
+            min(fraction, 255),
+            expected - self.received,
+            highest,
+            int(self.jitter),
+            self._last_sr,
+            delay,
+        )
+
+
+def ntp_time(ntp_seconds: float) -> tuple[int, int]:
+    """NTP seconds as (whole seconds mod 2**32, 32-bit fraction)."""
+    whole = int(ntp_seconds)
+    return whole & 0xFFFFFFFF, int((ntp_seconds - whole) * 2**32) & 0xFFFFFFFF
+
+
+def parse_sender_info(packet: RtcpPacket) -> tuple[int, int, int]:
+    """(sender SSRC, NTP whole seconds, NTP fraction) of an SR; raises MalformedPacket."""
+    if packet.packet_type != RTCP_SR or len(packet.body) < 24 + 24 * packet.count:
+        raise MalformedPacket("short", "sender report cut short")
+    ssrc, whole, fraction = struct.unpack_from("!III", packet.body)
+    return ssrc, whole, fraction
+
+
+def build_report(
+    ssrc: int,
+    cname: str,
+    sender: SenderInfo | None = None,
+    blocks: tuple[ReportBlock, ...] = (),
+    bye: bool = False,
+) -> bytes:
+    """A compound RTCP packet (RFC 3550 6.1): an SR (we sent media: `sender`)
+    or an RR, with reception report blocks, then an SDES with our CNAME, then
+    a BYE when the stream ends."""
+    if len(blocks) > 31:
+        raise ValueError("at most 31 report blocks")
+    body = struct.pack("!I", ssrc & 0xFFFFFFFF)
+    if sender is not None:
+        whole, fraction = ntp_time(sender.ntp_seconds)
+        body += struct.pack(
+            "!IIIII",
+            whole,
+            fraction,
+            sender.rtp_timestamp & 0xFFFFFFFF,
+            sender.packets & 0xFFFFFFFF,
+            sender.octets & 0xFFFFFFFF,
+        )
+    body += b"".join(block.pack() for block in blocks)
+    packet_type = RTCP_SR if sender is not None else RTCP_RR
+    parts = [RTCP_HEADER.pack(RTP_VERSION << 6 | len(blocks), packet_type, len(body) // 4) + body]
+    name = cname.encode()
+    if not 0 < len(name) <= 255:
+        raise ValueError("a CNAME is 1-255 bytes")
+    item = struct.pack("!IBB", ssrc & 0xFFFFFFFF, SDES_CNAME, len(name)) + name
+    item += bytes(4 - len(item) % 4)  # the item list ends with a null octet, padded to 32 bits
+    parts.append(RTCP_HEADER.pack(RTP_VERSION << 6 | 1, RTCP_SDES, len(item) // 4) + item)
+    if bye:
+        parts.append(RTCP_HEADER.pack(RTP_VERSION << 6 | 1, RTCP_BYE, 1) + struct.pack("!I", ssrc & 0xFFFFFFFF))
+    return b"".join(parts)

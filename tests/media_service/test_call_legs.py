@@ -177,3 +177,47 @@ def test_supervisors_hear_the_agent_while_the_caller_sends_nothing():
     assert np.array_equal(np.concatenate(heard), voice[: 160 * len(heard)])
     assert to_agent == []  # the agent never hears themselves
     assert len(to_caller) == 20  # ... and the caller hears every word
+
+
+def voice(packets: int, step: float = 0.05) -> np.ndarray:
+    return np.round(8000 * np.sin(np.arange(160 * packets) * step)).astype(np.int16)
+
+
+def test_a_barging_supervisor_is_heard_by_the_caller_while_the_agent_sends_nothing():
+    call = Call("c1")
+    boss = call.add_supervisor("boss", BARGE)
+    speech = voice(20)
+    to_caller: list[RtpPacket] = []
+
+    def receive(leg, data):
+        to_caller.extend(parse_rtp(out) for to, out in call.receive(leg, data, 0.0).datagrams if to is call.caller)
+
+    receive(call.agent, RtpPacket(0, 1, 0, 9, ulaw_encode(np.zeros(160, np.int16)).tobytes()).build())
+    for index in range(20):  # 400 ms of the supervisor talking; the agent's phone suppresses its silence
+        receive(
+            boss,
+            RtpPacket(0, index, index * 160, 5, ulaw_encode(speech[index * 160 : (index + 1) * 160]).tobytes()).build(),
+        )
+    sent_alone = to_caller[1:]
+    assert len(sent_alone) >= 14  # on its own once 100 ms had backed up, then packet by packet
+    heard = np.concatenate([ulaw_decode(p.payload) for p in sent_alone])
+    assert np.array_equal(heard, ulaw_decode(ulaw_encode(speech))[: heard.size])
+    # The agent speaks again (its clock ran on 100 ms less than the supervisor's audio we sent):
+    # its packets follow on one stream, never stepping back in time.
+    for index in range(2, 5):
+        receive(call.agent, RtpPacket(0, index, 160 * (index + 15), 9, bytes(160)).build())
+    stamps = [p.timestamp for p in to_caller]
+    assert all(0 < (b - a) % 2**32 < 2**31 for a, b in zip(stamps, stamps[1:], strict=False))
+    assert len({p.ssrc for p in to_caller}) == 1
+    assert all((b.sequence - a.sequence) % 65536 == 1 for a, b in zip(to_caller, to_caller[1:], strict=False))
+
+
+def test_a_new_agent_stream_continues_the_callers_timeline():
+    call = Call("c1")
+    sent = []
+    for ssrc, first_timestamp in ((9, 1000), (10, 777_000)):  # a transfer: new SSRC, unrelated timestamps
+        for index in range(5):
+            data = RtpPacket(0, 100 + index, first_timestamp + 160 * index, ssrc, bytes(160)).build()
+            sent += [parse_rtp(out) for to, out in call.receive(call.agent, data, 0.0).datagrams if to is call.caller]
+    stamps = [p.timestamp - sent[0].timestamp for p in sent]
+    assert stamps == [160 * index for index in range(10)]
