@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from django.test import override_settings
 
+from media.phones import Phones
 from securepay.calls import Call, CallState, tell_worker
 from securepay.models import PaymentSession
 from securepay.vault import generate_key, get_vault
@@ -67,7 +68,8 @@ class WorkerProcess:
              "--rtp-timeout", str(self.rtp_timeout_s)],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
+        self._reader.start()
         self.wait_for_log(f"media worker {self.worker_id} ready", READY_TIMEOUT_S)
 
     def _read(self, process: subprocess.Popen) -> None:
@@ -100,6 +102,19 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        self._reader.join(5)  # it has read the last line (EOF once the process is gone)
+        self.process.stdout.close()
+
+
+# Handsets a test opened (tests/media_service/test_call_flow.play): closed after each test.
+OPEN_PHONES: list[Phones] = []
+
+
+@pytest.fixture(autouse=True)
+def close_phones():
+    yield
+    while OPEN_PHONES:
+        OPEN_PHONES.pop().close()
 
 
 def wait_until(predicate, timeout: float = 3.0, what: str = "condition") -> None:
@@ -188,8 +203,19 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def stop(self) -> None:
+        self.run(self._cancel_tasks())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
+        # Closed here, not left to the garbage collector: channels_redis flushes its
+        # per-loop layer (closing that loop's Redis connections) when the loop closes.
+        self.loop.close()
+
+    @staticmethod
+    async def _cancel_tasks() -> None:
+        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class GroupListener:

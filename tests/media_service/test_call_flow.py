@@ -15,7 +15,7 @@ from media.softphone import caller_packets, silence_packets
 from securepay.calls import Call, CallState
 from securepay.live import session_group
 from securepay.models import PaymentSession
-from tests.media_service.conftest import wait_until
+from tests.media_service.conftest import OPEN_PHONES, wait_until
 from tests.support import require_binary, udp_port_bound
 
 CARD_KEYS = "4242424242424242#1228123"
@@ -67,7 +67,9 @@ def play(
         packets = (leg_packets or {}).get(name) or silence_packets(duration)
         schedule += [(at, name, data, (host, port)) for at, data in packets]
     schedule += extra_schedule or []
-    phones = phones or Phones(["caller", *legs])
+    if phones is None:
+        phones = Phones(["caller", *legs])
+        OPEN_PHONES.append(phones)
     asyncio.run(phones.play(schedule))
     return phones
 

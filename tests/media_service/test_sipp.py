@@ -94,6 +94,7 @@ def test_sipp_playing_rfc2833_captures_keys_the_card(media_worker, alpha, sessio
         if uas.poll() is None:
             uas.kill()
             uas.wait()
+        uas.stderr.close()
     state = pages.wait_for(lambda m: m.get("type") == "card.state" and m["fields"]["pan"]["length"] == len(KEYS))
     assert state["active"] == "pan" and state["brand"] == "visa"  # 5 digits, the first a 4, in the number
     assert state["rejected_keys"] == 0
