@@ -17,14 +17,17 @@ Flows (DESIGN.md "Telephony rules"):
 * agent -> caller: payload unchanged (re-encoded only when a barging
   supervisor's voice is mixed in), telephone-events included.
 * agent -> supervisors: mixed under the caller's masked audio.
-* barging supervisor -> agent and caller: mixed in. While a session is open on
-  the call, a barging supervisor hears nothing from the caller (agent only).
+* barging supervisor -> agent and caller: mixed in (sent on its own while the
+  other side is silent). While a session is open on the call, a barging
+  supervisor hears nothing from the caller (agent only).
 
 Outbound streams are our own: a fresh SSRC, sequence and timestamp base per
 destination leg, advanced consistently whatever the inbound streams do.
 The caller's masked audio leaves exactly `HOLDBACK_MS` late (the batch masker
 outputs that much silence ahead of each stream, so each inbound packet yields
-one outbound packet of the same size).
+one outbound packet of the same size). RTCP is ours too: each leg gets
+reports on our stream to it and on its stream to us (`sender_reports`), and a
+BYE when it goes away (`goodbye`); incoming RTCP is not relayed.
 """
 
 from __future__ import annotations

@@ -226,11 +226,15 @@ class ReceptionStats:
     interarrival jitter of A.8 (audio packets only: a telephone-event repeats
     its start timestamp, which is not a sampling instant)."""
 
+    __slots__ = (
+        "ssrc", "base_sequence", "max_sequence", "cycles", "received", "jitter",
+        "_expected_prior", "_received_prior", "_transit", "_bad_sequence", "_last_sr", "_last_sr_arrival",
+    )  # fmt: skip
+
     def __init__(self, ssrc: int, sequence: int) -> None:
         self.ssrc = ssrc
         self._restart(sequence)
         self.jitter = 0.0
-        self._transit: int | None = None
         self._bad_sequence: int | None = None
         self._last_sr: int = 0
         self._last_sr_arrival: float | None = None
@@ -240,9 +244,11 @@ class ReceptionStats:
         self.cycles = 0
         self.received = 0
         self._expected_prior = self._received_prior = 0
+        self._transit: int | None = None
 
     def packet(self, sequence: int, timestamp: int, arrival: float | None, rate: int) -> None:
-        """One packet of the stream; arrival in seconds (None: not audio, no jitter sample)."""
+        """One packet of the stream; arrival in seconds (None: not audio, no jitter sample).
+        Runs for every packet: kept to plain arithmetic."""
         delta = (sequence - self.max_sequence) & 0xFFFF
         if delta < MAX_DROPOUT:
             if sequence < self.max_sequence:
@@ -254,15 +260,17 @@ class ReceptionStats:
                 self._bad_sequence = (sequence + 1) & 0xFFFF
                 return
             self._restart(sequence)
-            self._transit = None
-        self._bad_sequence = None
         self.received += 1
         if arrival is not None:
-            transit = round(arrival * rate) - timestamp
-            if self._transit is not None:
-                change = transit - self._transit
-                self.jitter += (abs(change) - self.jitter) / 16
-            self._transit = transit
+            # Transit times and their change in 32-bit arithmetic, as RFC 3550 A.8's C:
+            # a timestamp wrapping inside the stream is no jump in transit.
+            transit = (round(arrival * rate) - timestamp) & 0xFFFFFFFF
+            previous, self._transit = self._transit, transit
+            if previous is not None:
+                change = (transit - previous) & 0xFFFFFFFF
+                if change & 0x80000000:
+                    change = 0x100000000 - change
+                self.jitter += (change - self.jitter) / 16
 
     def sender_report(self, ntp_whole: int, ntp_fraction: int, arrival: float) -> None:
         """The sender's own SR arrived: echoed in our next block (round-trip time)."""

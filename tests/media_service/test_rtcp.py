@@ -32,7 +32,7 @@ RATE = 8000
 
 def feed(stats: ReceptionStats, sequences, start_timestamp: int = 0, interval: float = 0.02) -> None:
     for index, sequence in enumerate(sequences):
-        stats.packet(sequence & 0xFFFF, start_timestamp + 160 * index, 1.0 + index * interval, RATE)
+        stats.packet(sequence & 0xFFFF, (start_timestamp + 160 * index) & 0xFFFFFFFF, 1.0 + index * interval, RATE)
 
 
 def cname(packets) -> str:
@@ -207,3 +207,10 @@ def test_closing_a_call_sends_each_phone_a_bye():
         assert len(reports) == 1, name
         assert [p.packet_type for p in reports[0]][-1] == RTCP_BYE
         assert reports[0][-1].sender_ssrc == call.leg(name).outbound.ssrc
+
+
+def test_a_timestamp_wrapping_inside_the_stream_is_no_jitter():
+    stats = ReceptionStats(ssrc=7, sequence=0)
+    feed(stats, range(20), start_timestamp=2**32 - 160 * 10)  # wraps after the 10th packet
+    timestamps_wrapped = stats.block(now=2.0)
+    assert timestamps_wrapped.jitter == 0 and timestamps_wrapped.cumulative_lost == 0
