@@ -42,9 +42,9 @@ import numpy as np  # noqa: E402
 from report import machine, write_section  # noqa: E402
 
 from media.calls import Call  # noqa: E402
-from media.masker import HOLDBACK_MS  # noqa: E402
+from media.masker import HOLDBACK_MS, BatchStreamingMasker  # noqa: E402
 from media.relay import Relay, tune_gc_for_relaying  # noqa: E402
-from media.softphone import caller_packets, silence_packets  # noqa: E402
+from media.softphone import caller_packets, keypad_audio, silence_packets  # noqa: E402
 
 KEYS = "4242424242424242#1228123"
 STEPS = (25, 50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 800, 1000)
@@ -74,6 +74,26 @@ def card(duration_s: float | None) -> str:
     return (KEYS * (count // len(KEYS) + 1))[:count]
 
 
+CALIBRATION_ROWS, CALIBRATION_FRAMES = 64, 100
+
+
+def calibrate() -> float:
+    """How fast this core is right now: us per call-frame of the batch masker on a
+    fixed card keyed by 64 callers. On a shared VM a busy neighbour slows every
+    figure of a step; this column shows it (compare runs by it, not by date)."""
+    audio = keypad_audio(KEYS)[0]
+    starts = [index * 97 for index in range(CALIBRATION_ROWS)]  # fixed, spread phases
+    blocks = [
+        np.stack([audio[start + frame * 160 : start + (frame + 1) * 160] for start in starts])
+        for frame in range(CALIBRATION_FRAMES)
+    ]
+    masker, rows = BatchStreamingMasker(CALIBRATION_ROWS), np.arange(CALIBRATION_ROWS)
+    began = time.perf_counter()
+    for block in blocks:
+        masker.push_rows(rows, block)
+    return (time.perf_counter() - began) / (CALIBRATION_ROWS * CALIBRATION_FRAMES) * 1e6
+
+
 def rss_kib() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
@@ -97,6 +117,7 @@ def serve(calls: int, conn) -> None:
     """The worker process: bind the calls, relay until told to stop, report CPU and memory."""
     os.sched_setaffinity(0, {WORKER_CPU})
     enough_files(2 * calls)
+    calibration = calibrate()
 
     async def run() -> None:
         keys = [0] * calls
@@ -122,7 +143,7 @@ def serve(calls: int, conn) -> None:
         await loop.run_in_executor(None, conn.recv)  # the generator is done
         cpu = time.process_time() - cpu_start
         conn.send({"cpu_s": cpu, "rss_per_call_kib": (rss_kib() - before) / calls, "keys": keys,
-                   "errors": relay.errors})  # fmt: skip
+                   "errors": relay.errors, "calibration_us": calibration})  # fmt: skip
 
     asyncio.run(run())
 
@@ -271,6 +292,7 @@ def step(calls: int, keys: str = KEYS, worker=serve) -> dict:
         "generator_late_max_ms": round(load["late_max_ms"], 2),
         "generator_core_share": round(load["cpu_s"] / load["wall_s"], 3),
         "worker_errors": report["errors"],
+        "calibration_us": round(report["calibration_us"], 1),
         "result": "generator saturated" if saturated else "pass" if passed else "FAIL",
         "passed": passed and not saturated,
     }
@@ -281,7 +303,7 @@ def markdown(results: list[dict], keys: str = KEYS) -> str:
         f"| {r['calls']} | {r['lost']} | {r['p50_ms']} | {r['p99_ms']} | {r['worker_core_share']:.0%} | "
         f"{r['cpu_ms_per_call_second']} | {r['rss_kib_per_call']} | {'yes' if r['keys_detected_ok'] else 'NO'} | "
         f"{r['generator_late_p99_ms']} | {r['generator_late_max_ms']} | {r['generator_core_share']:.0%} | "
-        f"{r['result']} |"
+        f"{r['calibration_us']} | {r['result']} |"
         for r in results
     )
     passed = [r for r in results if r["passed"]]
@@ -316,7 +338,7 @@ def markdown(results: list[dict], keys: str = KEYS) -> str:
         )
     rss = max((r["rss_kib_per_call"] for r in results), default=0)
     columns = ("calls", "lost", "p50 ms", "p99 ms", "worker core", "CPU ms per call-s", "RSS KiB per call",
-               "keys ok", "gen. late p99 ms", "gen. late max ms", "gen. core", "result")  # fmt: skip
+               "keys ok", "gen. late p99 ms", "gen. late max ms", "gen. core", "core speed us", "result")  # fmt: skip
     header = f"| {' | '.join(columns)} |\n|{' --- |' * len(columns)}"
     return f"""## Media worker: secured calls per core (`bench/media_worker.py`)
 
@@ -333,6 +355,9 @@ packet leaving the generator to its masked copy reaching the agent's socket;
 lost = masked packets not received {TAIL_S * 1000:.0f} ms after the last send.
 Generator late = how far behind its schedule the generator sent (a step with
 p99 over {GENERATOR_LATE_MS:.0f} ms measured the generator, not the worker: "generator saturated").
+Core speed = us per call-frame of the batch masker on a fixed input ({CALIBRATION_ROWS} callers keying),
+timed on the worker's core just before the step: this VM shares its host, and a
+busy neighbour can slow a whole step (lower is faster; compare runs by it).
 
 {header}
 {rows}
