@@ -77,6 +77,15 @@ CODECS = {
 }
 MAX_AUDIO_SAMPLES = 480  # 60 ms at 8 kHz: the longest G.711 packet we relay
 MAX_GAP_SAMPLES = SAMPLE_RATE  # a jump beyond 1 s restarts the timeline instead of filling silence
+# Silence is filled for a gap only as far as time really passed since the stream's last
+# audio (plus network jitter): a sender jumping its timestamps ahead cannot make the
+# worker mask and send seconds of audio per packet.
+GAP_JITTER_SAMPLES = 800  # 100 ms
+# A telephone-event is timed by its start: behind the audio by the press so far (long
+# presses are re-segmented every ~8 s, RFC 4733 2.5.1.3), never far ahead of it. Others
+# are dropped: each would hold a masking interval until the audio reached it.
+EVENT_MAX_BEHIND_SAMPLES = 10 * SAMPLE_RATE
+EVENT_MAX_AHEAD_SAMPLES = SAMPLE_RATE
 MIX_LIMIT_SAMPLES = 1600  # 200 ms of queued audio to mix in; older is dropped (it would only add delay)
 # Secondary audio rides on the main stream's packets; when that stream is silent
 # (a caller's phone suppressing silence, a muted handset) for longer than this,
@@ -96,11 +105,13 @@ class OutboundStream:
         self.packets = 0
         self.octets = 0
         self.last_timestamp = self.timestamp_base
+        self.last_sent_at: float | None = None  # monotonic s
         self.last_report = 0.0
 
-    def packet(self, payload_type: int, position: int, payload: bytes, marker: bool) -> bytes:
+    def packet(self, payload_type: int, position: int, payload: bytes, marker: bool, now: float | None) -> bytes:
         """`position` is the media time in samples on this stream's own timeline."""
         self.last_timestamp = (self.timestamp_base + position) & 0xFFFFFFFF
+        self.last_sent_at = now
         # The plain header (no CSRC, extension or padding), packed directly: this runs for every packet.
         second = payload_type | (0x80 if marker or not self.packets else 0)
         data = RTP_HEADER.pack(0x80, second, self.sequence, self.last_timestamp, self.ssrc) + payload
@@ -152,18 +163,45 @@ def mix(pcm: np.ndarray, other: np.ndarray | None) -> np.ndarray:
 
 @dataclass
 class InboundTimeline:
-    """Maps one inbound stream's RTP timestamps to sample positions from its start."""
+    """Maps one inbound stream's RTP timestamps to sample positions from its start.
+    `next_position` is where the stream's audio has reached: the masker's and the
+    key detector's clock, which events are timed on too."""
 
     base: int | None = None
     next_position: int = 0
+    last_audio_at: float | None = None  # when audio last arrived (monotonic s)
 
     def place(self, timestamp: int) -> int:
+        """Signed position of a timestamp relative to the timeline's start."""
         if self.base is None:
             self.base = timestamp
-        return (timestamp - self.base) & 0xFFFFFFFF
+        position = (timestamp - self.base) & 0xFFFFFFFF
+        return position - (1 << 32) if position & 0x80000000 else position
 
     def restart(self, timestamp: int) -> None:
         self.base = (timestamp - self.next_position) & 0xFFFFFFFF
+
+    def fit(self, timestamp: int, size: int, now: float) -> tuple[int, int, int]:
+        """Place an audio packet of `size` samples: (its position, silence to
+        insert before it for lost packets, samples at its start already played).
+        A jump back past all its samples, or ahead further than MAX_GAP_SAMPLES
+        or than the time since the last audio explains, restarts the timeline at
+        the packet (the stream goes on seamlessly, nothing inserted)."""
+        position = self.place(timestamp)
+        gap = position - self.next_position
+        if gap:
+            elapsed = MAX_GAP_SAMPLES if self.last_audio_at is None else (now - self.last_audio_at) * SAMPLE_RATE
+            if gap + size <= 0 or gap > min(MAX_GAP_SAMPLES, elapsed + GAP_JITTER_SAMPLES):
+                self.restart(timestamp)
+                position, gap = self.next_position, 0
+        self.last_audio_at = now
+        skip = -gap if gap < 0 else 0
+        self.next_position = position + size
+        return position, max(gap, 0), skip
+
+    def event_in_reach(self, position: int) -> bool:
+        """Whether a telephone-event starting at `position` belongs near the audio."""
+        return -EVENT_MAX_BEHIND_SAMPLES <= position - self.next_position <= EVENT_MAX_AHEAD_SAMPLES
 
 
 class Leg:
@@ -219,11 +257,19 @@ class KeySource:
         self.tracker = None
 
     def event(self, packet: RtpPacket, base: int) -> tuple[list[KeyPress], float | None]:
-        """Feed a telephone-event packet: (presses completed, start of the press in progress)."""
+        """Feed a telephone-event packet: (presses completed, start of the press in progress).
+        `base` is the timeline's current base: it moves when the timeline restarts."""
         if self.tracker is None:
             self.tracker = EventTracker(base_timestamp=base)
+        self.tracker.base = base
         done = self.tracker.feed(packet.timestamp, packet.marker, packet.payload)
         return self.accept(done), self.tracker.active_start_ms
+
+    def expire(self, position_ms: float) -> list[KeyPress]:
+        """The press in progress, if its packets stopped (end packets lost) by position_ms."""
+        if self.tracker is None or not self.tracker.pressing:
+            return []
+        return self.accept(self.tracker.expire(position_ms))
 
     def accept(self, presses: list[KeyPress]) -> list[KeyPress]:
         return [press for press in presses if self.merger.add(press)]
@@ -444,8 +490,8 @@ class Call:
         if packet.payload_type not in (self.codec.payload_type, self.event_payload_type):
             self._drop("payload_type")
             return out
-        if packet.payload_type == self.codec.payload_type and len(packet.payload) > MAX_AUDIO_SAMPLES:
-            self._drop("oversized")
+        if packet.payload_type == self.codec.payload_type and not 0 < len(packet.payload) <= MAX_AUDIO_SAMPLES:
+            self._drop("oversized" if packet.payload else "short")
             return out
         self.last_activity = now
         leg.received += 1
@@ -458,9 +504,9 @@ class Call:
         leg.stats.packet(packet.sequence, packet.timestamp, now if audio else None, SAMPLE_RATE)
         for ordered in leg.reorder.push(packet):
             if leg is self.caller:
-                self._from_caller(ordered, out)
+                self._from_caller(ordered, out, now)
             elif leg is self.agent:
-                self._from_agent(ordered, out)
+                self._from_agent(ordered, out, now)
             else:
                 self._from_supervisor(leg, ordered, out)
         if self.audio.immediate and self.audio.pending:
@@ -493,10 +539,12 @@ class Call:
         elif leg is self.agent:
             self.agent_keys.restart()
 
-    def _from_caller(self, packet: RtpPacket, out: Received) -> None:
+    def _from_caller(self, packet: RtpPacket, out: Received, now: float) -> None:
         timeline = self.caller.timeline
-        position = timeline.place(packet.timestamp)
         if packet.payload_type == self.event_payload_type:
+            if not timeline.event_in_reach(timeline.place(packet.timestamp)):
+                self._drop("event_timestamp")
+                return
             try:
                 done, active_start = self.caller_keys.event(packet, timeline.base)
             except ValueError:
@@ -511,17 +559,20 @@ class Call:
             out.caller_keys += done
             return
         pcm = self.codec.decode(packet.payload)
-        gap = position - timeline.next_position
-        if gap < 0 or gap > MAX_GAP_SAMPLES:
-            if gap < 0 and gap + pcm.size > 0:
-                pcm = pcm[-gap:]  # overlap with audio already played: keep the new part
-            else:
-                timeline.restart(packet.timestamp)  # a new timeline: no silence filling
-            gap = 0
-        if gap:
-            pcm = np.concatenate([np.zeros(gap, dtype=np.int16), pcm])  # lost packets: silence
-        timeline.next_position += pcm.size
-        self.audio.queue_caller(self, pcm, packet.marker)
+        _position, gap, skip = timeline.fit(packet.timestamp, pcm.size, now)
+        if skip:
+            pcm = pcm[skip:]  # overlap with audio already played: keep the new part
+        if gap:  # lost packets: silence, in pieces of this packet's size (each goes out as a packet)
+            silence = np.zeros(gap, dtype=np.int16)
+            for start in range(0, gap, pcm.size or gap):
+                self.audio.queue_caller(self, silence[start : start + (pcm.size or gap)], False)
+        if self.caller_keys.tracker is not None:
+            expired = self.caller_keys.expire(1000.0 * timeline.next_position / SAMPLE_RATE)
+            for press in expired:
+                self.audio.masker.note_event(self.mask_slot, press.start_ms, press.end_ms)
+            out.caller_keys += expired
+        if pcm.size:
+            self.audio.queue_caller(self, pcm, packet.marker)
 
     def deliver_masked(
         self, masked: np.ndarray, sizes: list[int], marker: bool, presses: list[KeyPress], out: Received
@@ -553,10 +604,13 @@ class Call:
             else:
                 self._send(supervisor, masked, payload, marker, out)
 
-    def _from_agent(self, packet: RtpPacket, out: Received) -> None:
+    def _from_agent(self, packet: RtpPacket, out: Received, now: float) -> None:
         timeline = self.agent.timeline
-        position = timeline.place(packet.timestamp)
         if packet.payload_type == self.event_payload_type:
+            position = timeline.place(packet.timestamp)
+            if not timeline.event_in_reach(position):
+                self._drop("event_timestamp")
+                return
             if self.listen_for_agent_code:
                 try:
                     out.agent_keys += self.agent_keys.event(packet, timeline.base)[0]
@@ -565,19 +619,25 @@ class Call:
                     return
             self._forward(self.caller, packet, position, packet.payload, out)
             return
-        barge = self.caller.mix_in.take(len(packet.payload))  # G.711: one byte a sample
         payload = packet.payload
+        size = len(payload)  # G.711: one byte a sample
+        position, gap, skip = timeline.fit(packet.timestamp, size, now)
+        barge = self.caller.mix_in.take(size)
         if self.listen_for_agent_code or self.supervisors or barge is not None:
             pcm = self.codec.decode(payload)  # only when someone needs the samples
             if self.listen_for_agent_code:
-                self.audio.queue_agent(self, pcm)
+                # The detector's clock is the agent's timeline, as the events' (one key, once).
+                if gap:
+                    self.audio.queue_agent(self, np.zeros(gap, dtype=np.int16))
+                self.audio.queue_agent(self, pcm[skip:])
+                if self.agent_keys.tracker is not None:
+                    out.agent_keys += self.agent_keys.expire(1000.0 * timeline.next_position / SAMPLE_RATE)
             for supervisor in self.supervisors.values():
                 supervisor.mix_in.add(pcm)
                 self._send_if_main_stream_silent(supervisor, pcm.size, out)
             if barge is not None:
                 payload = self.codec.encode(mix(pcm, barge)).tobytes()
-        timeline.next_position = position + len(payload)  # a new agent stream continues from here
-        self._forward(self.caller, packet, position, payload, out, samples=len(payload))
+        self._forward(self.caller, packet, position, payload, out, samples=size)
 
     def _from_supervisor(self, leg: Leg, packet: RtpPacket, out: Received) -> None:
         if leg.mode != BARGE or packet.payload_type != self.codec.payload_type:
@@ -600,7 +660,8 @@ class Call:
         other = leg.mix_in.take(pcm.size) if leg.mix_in.queued else None
         if other is not None or payload is None:
             payload = self.codec.encode(mix(pcm, other)).tobytes()
-        out.datagrams.append((leg, leg.outbound.packet(self.codec.payload_type, leg.out_position, payload, marker)))
+        packet = leg.outbound.packet(self.codec.payload_type, leg.out_position, payload, marker, self.last_activity)
+        out.datagrams.append((leg, packet))
         leg.out_position += pcm.size
 
     def _forward(
@@ -616,7 +677,7 @@ class Call:
                 leg.forward_offset += leg.out_position - position
                 position = leg.out_position
             leg.out_position = position + samples
-        data = leg.outbound.packet(packet.payload_type, position, payload, packet.marker)
+        data = leg.outbound.packet(packet.payload_type, position, payload, packet.marker, self.last_activity)
         out.datagrams.append((leg, data))
 
     def sender_reports(self, now: float, wall_time: float) -> list[tuple[Leg, bytes]]:
@@ -639,8 +700,11 @@ class Call:
     def _report(self, leg: Leg, now: float, wall_time: float, bye: bool = False) -> bytes:
         stream = leg.outbound
         sender = None
-        if stream.packets:
-            sender = SenderInfo(wall_time + NTP_EPOCH_OFFSET, stream.last_timestamp, stream.packets, stream.octets)
+        # An SR while we sent in the last two intervals (RFC 3550 6.4), its RTP time
+        # carried on from the last packet to the instant of its NTP time.
+        if stream.last_sent_at is not None and now - stream.last_sent_at < 2 * RTCP_INTERVAL_S:
+            rtp_now = stream.last_timestamp + round((now - stream.last_sent_at) * SAMPLE_RATE)
+            sender = SenderInfo(wall_time + NTP_EPOCH_OFFSET, rtp_now, stream.packets, stream.octets)
         blocks = (leg.stats.block(now),) if leg.stats is not None else ()
         return build_report(stream.ssrc, self.cname, sender, blocks, bye)
 

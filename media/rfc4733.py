@@ -89,6 +89,10 @@ class EventTracker:
         return self._ms((timestamp - self.base) % 2**32)
 
     @property
+    def pressing(self) -> bool:
+        return self._open is not None
+
+    @property
     def active_start_ms(self) -> float | None:
         """Start of the key press in progress (for masking), if any."""
         return None if self._open is None else self._start_ms(self._open.timestamp)
@@ -146,24 +150,31 @@ def same_press(a: KeyPress, b: KeyPress, slack_ms: float = 20.0) -> bool:
 class KeyPressMerger:
     """Counts a key once when it arrives both in-band and as an RFC 4733 event:
     ``add(press)`` returns the press if it is new, None if it duplicates one
-    already accepted (presses older than ``memory_ms`` are forgotten)."""
+    already accepted. Presses ending more than ``memory_ms`` before the latest
+    start seen are forgotten, and at most ``max_recent`` are kept (a sender
+    making up timestamps cannot grow the list, nor the time each add takes)."""
 
-    def __init__(self, slack_ms: float = 20.0, memory_ms: float = 5000.0) -> None:
+    def __init__(self, slack_ms: float = 20.0, memory_ms: float = 5000.0, max_recent: int | None = 64) -> None:
         self.slack_ms = slack_ms
         self.memory_ms = memory_ms
+        self.max_recent = max_recent
         self._recent: list[KeyPress] = []
+        self._latest_start = float("-inf")
 
     def add(self, press: KeyPress) -> KeyPress | None:
-        horizon = press.start_ms - self.memory_ms
+        self._latest_start = max(self._latest_start, press.start_ms)
+        horizon = self._latest_start - self.memory_ms
         self._recent = [p for p in self._recent if p.end_ms >= horizon]
         if any(same_press(p, press, self.slack_ms) for p in self._recent):
             return None
         self._recent.append(press)
+        if self.max_recent is not None and len(self._recent) > self.max_recent:
+            del self._recent[0]
         return press
 
 
 def merge_key_presses(inband: list[KeyPress], events: list[KeyPress], slack_ms: float = 20.0) -> list[KeyPress]:
     """Merge two whole lists: events win over overlapping in-band duplicates."""
-    merger = KeyPressMerger(slack_ms, memory_ms=float("inf"))
+    merger = KeyPressMerger(slack_ms, memory_ms=float("inf"), max_recent=None)
     kept = [p for p in events if merger.add(p)] + [p for p in inband if merger.add(p)]
     return sorted(kept, key=lambda p: p.start_ms)

@@ -235,7 +235,6 @@ class ReceptionStats:
         self.ssrc = ssrc
         self._restart(sequence)
         self.jitter = 0.0
-        self._bad_sequence: int | None = None
         self._last_sr: int = 0
         self._last_sr_arrival: float | None = None
 
@@ -245,6 +244,7 @@ class ReceptionStats:
         self.received = 0
         self._expected_prior = self._received_prior = 0
         self._transit: int | None = None
+        self._bad_sequence: int | None = None
 
     def packet(self, sequence: int, timestamp: int, arrival: float | None, rate: int) -> None:
         """One packet of the stream; arrival in seconds (None: not audio, no jitter sample).

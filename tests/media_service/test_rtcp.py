@@ -145,8 +145,8 @@ def test_each_leg_hears_a_report_about_its_own_stream():
     packets = [data for _at, data in caller_packets("1")[0]]
     del packets[10]  # lost on the way
     for index, data in enumerate(packets):
-        call.receive(call.caller, data, 1.0 + 0.02 * index)
-    reports = dict(call.sender_reports(now=100.0, wall_time=1_800_000_000.0))
+        call.receive(call.caller, data, 100.0 + 0.02 * index)
+    reports = dict(call.sender_reports(now=110.0, wall_time=1_800_000_000.0))
     # To the caller: we sent it nothing yet, so an RR about its stream to us.
     to_caller = parse_rtcp(reports[call.caller])
     assert to_caller[0].packet_type == RTCP_RR and to_caller[0].count == 1
@@ -161,7 +161,22 @@ def test_each_leg_hears_a_report_about_its_own_stream():
         call.agent.outbound.octets,
     )
     assert cname(to_caller) == cname(to_agent) == call.cname
-    assert call.sender_reports(now=101.0, wall_time=1_800_000_001.0) == []  # the next is due in 5 s
+    assert call.sender_reports(now=111.0, wall_time=1_800_000_001.0) == []  # the next is due in 5 s
+
+
+def test_a_senders_report_carries_its_rtp_clock_to_the_report_and_a_silent_stream_gets_an_rr():
+    call = Call("c1")
+    packets = [data for _at, data in caller_packets("1")[0]]
+    for index, data in enumerate(packets):
+        call.receive(call.caller, data, 100.0 + 0.02 * index)
+    last_sent = 100.0 + 0.02 * (len(packets) - 1)
+    last_timestamp = call.agent.outbound.last_timestamp
+    sr = parse_rtcp(dict(call.sender_reports(now=last_sent + 2.0, wall_time=0.0))[call.agent])[0]
+    assert sr.packet_type == RTCP_SR
+    assert struct.unpack_from("!I", sr.body, 12)[0] == (last_timestamp + 16000) & 0xFFFFFFFF  # 2 s at 8 kHz on
+    # Nothing sent for two report intervals: no longer a sender (RFC 3550 6.4), an RR.
+    rr = parse_rtcp(dict(call.sender_reports(now=last_sent + 12.0, wall_time=0.0))[call.agent])[0]
+    assert rr.packet_type == RTCP_RR
 
 
 def test_a_callers_sender_report_is_noted_and_a_malformed_one_is_dropped():

@@ -1,0 +1,161 @@
+"""How a call places what its phones send on each leg's timeline: gaps, jumps,
+RFC 4733 events next to in-band audio, lost end packets, made-up timestamps.
+(Found by review: each test here failed on the code before its fix.)"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from media.calls import Call
+from media.codecs import ulaw_decode, ulaw_encode
+from media.rfc4733 import KeyPress, KeyPressMerger, build_event
+from media.rtp import RtpPacket, parse_rtp
+
+SILENCE = ulaw_encode(np.zeros(160, dtype=np.int16)).tobytes()
+KEYS = {"1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "4": (770, 1209), "5": (770, 1336)}
+
+
+def tone(digit: str, frame: int, amplitude: float = 6000) -> bytes:
+    t = (np.arange(160) + frame * 160) / 8000
+    low, high = KEYS[digit]
+    return ulaw_encode(
+        (amplitude * (np.sin(2 * np.pi * low * t) + np.sin(2 * np.pi * high * t))).astype(np.int16)
+    ).tobytes()
+
+
+class Phone:
+    """One leg's handset sending 20 ms packets in real time (now advances with the timestamps)."""
+
+    def __init__(self, call: Call, leg_name: str, ssrc: int) -> None:
+        self.call, self.leg, self.ssrc = call, call.leg(leg_name), ssrc
+        self.sequence, self.timestamp, self.now = 0, 0, 0.0
+        self.keys: list[KeyPress] = []
+        self.heard: dict[str, list[bytes]] = {}
+
+    def send(self, payload: bytes, payload_type: int = 0, timestamp: int | None = None, marker: bool = False) -> None:
+        stamp = self.timestamp if timestamp is None else timestamp
+        data = RtpPacket(payload_type, self.sequence & 0xFFFF, stamp & 0xFFFFFFFF, self.ssrc, payload, marker).build()
+        self.sequence += 1
+        received = self.call.receive(self.leg, data, self.now)
+        self.keys += received.caller_keys + received.agent_keys
+        for leg, out in received.datagrams:
+            self.heard.setdefault(leg.name, []).append(parse_rtp(out).payload)
+
+    def audio(self, payload: bytes = SILENCE) -> None:
+        self.send(payload)
+        self.timestamp += 160
+        self.now += 0.02
+
+    def pause(self, samples: int) -> None:
+        """Nothing sent for a while (silence suppression, a lost burst): time passes."""
+        self.timestamp += samples
+        self.now += samples / 8000
+
+    def key(self, digit: str, frames: int = 6, inband_amplitude: float = 6000, end_packets: int = 3) -> None:
+        """An RFC 4733 press with the phone's in-band tone (possibly attenuated) under it."""
+        start = self.timestamp
+        for frame in range(frames):
+            self.send(build_event(digit, 160 * (frame + 1)), 101, start, marker=frame == 0)
+            self.audio(tone(digit, frame, inband_amplitude))
+        for _ in range(end_packets):
+            self.send(build_event(digit, 160 * frames, end=True), 101, start)
+
+
+def strongest(samples: np.ndarray, hz: float) -> float:
+    """Amplitude of the strongest 20 ms stretch of one frequency."""
+    t = np.arange(160) / 8000
+    reference = np.exp(-2j * np.pi * hz * t)
+    return max(abs((samples[i : i + 160] * reference).sum()) / 80 for i in range(0, samples.size - 160, 40))
+
+
+def test_events_after_a_timeline_restart_are_timed_on_it_so_their_tone_is_masked_and_counted_once():
+    call = Call("c1", mask_mode="silence")
+    caller = Phone(call, "caller", ssrc=0x1111)
+    for _ in range(10):
+        caller.audio()
+    caller.key("1", inband_amplitude=80)  # the phone leaves a weak in-band tone under its events
+    for _ in range(20):
+        caller.audio()
+    caller.pause(16000)  # 2 s of silence suppression: longer than a gap is filled, so the timeline restarts
+    caller.key("5", inband_amplitude=80)
+    for _ in range(20):
+        caller.audio()
+    assert [k.digit for k in caller.keys] == ["1", "5"]  # each key once
+    heard = np.concatenate([ulaw_decode(p) for p in caller.heard["agent"]]).astype(float)
+    assert strongest(heard, 770) < 5 and strongest(heard, 1336) < 5  # the weak tone of "5" is masked too
+
+
+def test_filled_gaps_go_out_as_packets_of_the_senders_size():
+    call = Call("c1")
+    caller = Phone(call, "caller", ssrc=0x1111)
+    for _ in range(5):
+        caller.audio()
+    caller.pause(160 * 7)  # seven packets lost
+    for _ in range(5):
+        caller.audio()
+    sizes = [len(p) for p in caller.heard["agent"]]
+    assert set(sizes) == {160} and len(sizes) == 17  # the 7 lost ones as silence, one packet each
+
+
+def test_timestamps_jumping_ahead_of_real_time_are_not_filled():
+    call = Call("c1")
+    caller = Phone(call, "caller", ssrc=0x1111)
+    for _ in range(5):
+        caller.audio()
+    for _ in range(20):  # each packet claims 1 s more than the 20 ms that passed
+        caller.timestamp += 8000 - 160
+        caller.audio()
+    assert sum(len(p) for p in caller.heard["agent"]) == 25 * 160  # one packet out per packet in
+
+
+def test_event_timestamps_far_from_the_audio_are_dropped_and_hold_nothing():
+    call = Call("c1")
+    caller = Phone(call, "caller", ssrc=0x1111)
+    for _ in range(5):
+        caller.audio()
+    for k in range(1, 2001):  # each with a new timestamp 10 s further in the future
+        caller.send(build_event("1", 160), 101, caller.timestamp + k * 80000)
+    assert call.dropped == {"event_timestamp": 2000}
+    assert caller.keys == []
+    core = call.audio.masker._core
+    assert not core.intervals.get(call.mask_slot) and not core.events.get(call.mask_slot)
+
+
+def test_the_key_merger_stays_bounded_whatever_the_timestamps():
+    merger = KeyPressMerger()
+    for k in range(1000):  # made-up presses, each starting earlier than the last
+        merger.add(KeyPress("1", 4000.0 - k, 4000.0 - k + 0.5))
+    assert len(merger._recent) <= merger.max_recent
+
+
+def test_a_press_whose_end_packets_were_lost_is_reported_once_it_times_out():
+    call = Call("c1")
+    caller = Phone(call, "caller", ssrc=0x1111)
+    for _ in range(10):
+        caller.audio()
+    caller.key("2", inband_amplitude=0, end_packets=0)  # the three end packets are lost
+    for _ in range(30):
+        caller.audio()
+    assert [k.digit for k in caller.keys] == ["2"]
+
+
+def test_agent_keys_after_a_silent_spell_are_counted_once_from_events_and_tones():
+    call = Call("c1")
+    agent = Phone(call, "agent", ssrc=0x2222)
+    for _ in range(10):
+        agent.audio()
+    agent.pause(3200)  # the agent's softphone sent nothing for 400 ms (voice activity detection)
+    for digit in "1234":
+        agent.key(digit, frames=5)
+        for _ in range(5):
+            agent.audio()
+    assert [k.digit for k in agent.keys] == ["1", "2", "3", "4"]
+
+
+def test_an_empty_audio_payload_is_dropped_as_short():
+    call = Call("c1")
+    caller = Phone(call, "caller", ssrc=0x1111)
+    caller.audio(b"")
+    caller.audio()
+    assert call.dropped == {"short": 1}
+    assert [len(p) for p in caller.heard["agent"]] == [160]
