@@ -67,8 +67,13 @@ SUPERVISOR_MODES = (MONITOR, BARGE)
 class Codec:
     name: str
     payload_type: int
-    decode: Callable[[bytes], np.ndarray]
+    decode: Callable[[bytes | np.ndarray], np.ndarray]
     encode: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def silence(self) -> int:
+        """The code of a zero sample (what fills a gap before decoding)."""
+        return int(self.encode(np.zeros(1, dtype=np.int16))[0])
 
 
 CODECS = {
@@ -187,6 +192,11 @@ class InboundTimeline:
         A jump back past all its samples, or ahead further than MAX_GAP_SAMPLES
         or than the time since the last audio explains, restarts the timeline at
         the packet (the stream goes on seamlessly, nothing inserted)."""
+        if self.base is not None and (timestamp - self.base) & 0xFFFFFFFF == self.next_position:
+            position = self.next_position  # contiguous with what came before: nearly every packet
+            self.last_audio_at = now
+            self.next_position = position + size
+            return position, 0, 0
         position = self.place(timestamp)
         gap = position - self.next_position
         if gap:
@@ -276,23 +286,24 @@ class KeySource:
 
 
 class _Queued:
-    """Audio of one leg of a call waiting for the next batch. Only whole blocks
-    go to the DSP; a remainder (odd packet sizes) waits for the next packet."""
+    """Audio of one leg of a call waiting for the next batch: samples (the agent's)
+    or G.711 codes (the caller's, decoded for the whole batch at once). Only whole
+    blocks go to the DSP; a remainder (odd packet sizes) waits for the next packet."""
 
     __slots__ = ("chunks", "marker", "carry")
 
-    def __init__(self) -> None:
+    def __init__(self, dtype: type = np.int16) -> None:
         self.chunks: list[np.ndarray] = []
         self.marker = False  # of the first queued packet: the only one the output packets can carry
-        self.carry = np.zeros(0, dtype=np.int16)
+        self.carry = np.zeros(0, dtype=dtype)
 
-    def add(self, pcm: np.ndarray, marker: bool = False) -> None:
+    def add(self, chunk: np.ndarray, marker: bool = False) -> None:
         if not self.chunks:
             self.marker = marker
-        self.chunks.append(pcm)
+        self.chunks.append(chunk)
 
     def take(self) -> tuple[np.ndarray, list[int], bool]:
-        """(queued samples cut to whole blocks, the packet sizes they came in, marker of the first)."""
+        """(queued samples or codes cut to whole blocks, the packet sizes they came in, marker of the first)."""
         sizes, marker = [chunk.size for chunk in self.chunks], self.marker
         if len(self.chunks) == 1 and not self.carry.size:
             pcm = self.chunks[0]
@@ -346,8 +357,9 @@ class CallAudioBatch:
         self._free_detector_slots.append(call.detector_slot)
         call.mask_slot = call.detector_slot = None
 
-    def queue_caller(self, call: Call, pcm: np.ndarray, marker: bool) -> None:
-        call.caller_audio.add(pcm, marker)
+    def queue_caller(self, call: Call, codes: np.ndarray, marker: bool) -> None:
+        """Caller audio as codes of the call's codec (uint8)."""
+        call.caller_audio.add(codes, marker)
         self._callers[call] = call.caller_audio
 
     def queue_agent(self, call: Call, pcm: np.ndarray) -> None:
@@ -367,14 +379,17 @@ class CallAudioBatch:
         before running the next push."""
         callers, self._callers = self._callers, {}
         agents, self._agents = self._agents, {}
-        for group in _by_length(callers):
+        for group in _by_length(callers, by_codec=True):
             rows = np.array([call.mask_slot for call, *_ in group])
-            masked = self.masker.push_rows(rows, np.stack([pcm for _call, pcm, *_ in group]))
+            codec = group[0][0].codec  # one per push: decoded and encoded at once
+            pcm = codec.decode(np.stack([codes for _call, codes, *_ in group]))
+            masked = self.masker.push_rows(rows, pcm)
+            encoded = codec.encode(masked)
             results: dict[Call, Received] = {}
-            for (call, _pcm, sizes, marker), out in zip(group, masked, strict=True):
+            for index, (call, _codes, sizes, marker) in enumerate(group):
                 received = results[call] = Received()
                 presses = self.masker.drain_key_presses(call.mask_slot)
-                call.deliver_masked(out, sizes, marker, presses, received)
+                call.deliver_masked(masked[index], encoded[index], sizes, marker, presses, received)
             yield results
         for group in _by_length(agents):
             rows = np.array([call.detector_slot for call, *_ in group])
@@ -393,15 +408,19 @@ class CallAudioBatch:
 MAX_ROWS_PER_PUSH = 64
 
 
-def _by_length(queues: dict[Call, _Queued]) -> list[list[tuple[Call, np.ndarray, list[int], bool]]]:
-    """Queued audio taken and grouped by length (one push per length, at most MAX_ROWS_PER_PUSH rows)."""
-    groups: dict[int, list[tuple[Call, np.ndarray, list[int], bool]]] = {}
+def _by_length(
+    queues: dict[Call, _Queued], by_codec: bool = False
+) -> list[list[tuple[Call, np.ndarray, list[int], bool]]]:
+    """Queued audio taken and grouped by length (and codec: queues of codes), one
+    push per group, at most MAX_ROWS_PER_PUSH rows."""
+    groups: dict[tuple[int, str], list[tuple[Call, np.ndarray, list[int], bool]]] = {}
     for call, queued in queues.items():
         if call.mask_slot is None:
             continue  # the call ended meanwhile
-        pcm, sizes, marker = queued.take()
-        if pcm.size:
-            groups.setdefault(pcm.size, []).append((call, pcm, sizes, marker))
+        audio, sizes, marker = queued.take()
+        if audio.size:
+            key = (audio.size, call.codec.name if by_codec else "")
+            groups.setdefault(key, []).append((call, audio, sizes, marker))
     return [
         group[start : start + MAX_ROWS_PER_PUSH]
         for group in groups.values()
@@ -440,7 +459,8 @@ class Call:
         self.audio = audio if audio is not None else CallAudioBatch(immediate=True)
         self.mask_slot: int | None = None
         self.detector_slot: int | None = None
-        self.caller_audio, self.agent_audio = _Queued(), _Queued()
+        self.caller_audio, self.agent_audio = _Queued(np.uint8), _Queued(np.int16)
+        self._silence = np.full(MAX_GAP_SAMPLES, self.codec.silence, dtype=np.uint8)
         self.audio.add_call(self, mask_mode)
         self.dropped: dict[str, int] = {}
         self.last_activity: float | None = None
@@ -558,42 +578,47 @@ class Call:
                 self.audio.masker.note_event(self.mask_slot, press.start_ms, press.end_ms)
             out.caller_keys += done
             return
-        pcm = self.codec.decode(packet.payload)
-        _position, gap, skip = timeline.fit(packet.timestamp, pcm.size, now)
+        codes = np.frombuffer(packet.payload, dtype=np.uint8)  # decoded with the whole batch
+        _position, gap, skip = timeline.fit(packet.timestamp, codes.size, now)
         if skip:
-            pcm = pcm[skip:]  # overlap with audio already played: keep the new part
+            codes = codes[skip:]  # overlap with audio already played: keep the new part
         if gap:  # lost packets: silence, in pieces of this packet's size (each goes out as a packet)
-            silence = np.zeros(gap, dtype=np.int16)
-            for start in range(0, gap, pcm.size or gap):
-                self.audio.queue_caller(self, silence[start : start + (pcm.size or gap)], False)
+            for start in range(0, gap, codes.size):
+                self.audio.queue_caller(self, self._silence[: min(codes.size, gap - start)], False)
         if self.caller_keys.tracker is not None:
             expired = self.caller_keys.expire(1000.0 * timeline.next_position / SAMPLE_RATE)
             for press in expired:
                 self.audio.masker.note_event(self.mask_slot, press.start_ms, press.end_ms)
             out.caller_keys += expired
-        if pcm.size:
-            self.audio.queue_caller(self, pcm, packet.marker)
+        self.audio.queue_caller(self, codes, packet.marker)
 
     def deliver_masked(
-        self, masked: np.ndarray, sizes: list[int], marker: bool, presses: list[KeyPress], out: Received
+        self,
+        masked: np.ndarray,
+        codes: np.ndarray,
+        sizes: list[int],
+        marker: bool,
+        presses: list[KeyPress],
+        out: Received,
     ) -> None:
-        """The batch masked this call's queued caller audio: send it on, one
-        packet per inbound packet (the sizes they came in), and take the keys."""
+        """The batch masked this call's queued caller audio (`codes`: encoded in
+        the call's codec): send it on, one packet per inbound packet (the sizes
+        they came in), and take the keys."""
         if presses:
             out.caller_keys += self.caller_keys.accept(presses)
         if len(sizes) == 1:  # one packet in, one out: nearly always
-            self._send_caller_audio(masked, marker, out)
+            self._send_caller_audio(masked, codes, marker, out)
             return
         start = 0
         for size in sizes:
             if start >= masked.size:
                 break
             end = start + size if start + size + min(sizes) <= masked.size else masked.size
-            self._send_caller_audio(masked[start:end], marker and not start, out)
+            self._send_caller_audio(masked[start:end], codes[start:end], marker and not start, out)
             start = end
 
-    def _send_caller_audio(self, masked: np.ndarray, marker: bool, out: Received) -> None:
-        payload = self.codec.encode(masked).tobytes()
+    def _send_caller_audio(self, masked: np.ndarray, codes: np.ndarray, marker: bool, out: Received) -> None:
+        payload = codes.tobytes()
         self._send(self.agent, masked, payload, marker, out)
         if not self.supervisors:
             return
