@@ -8,6 +8,7 @@ changes the `Call` row and tells the call's media worker over the channel layer
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
@@ -35,25 +36,53 @@ class HasApiKey(permissions.BasePermission):
         return isinstance(request.auth, ApiKey)
 
 
-def validate_address(value: str) -> str:
-    """"host:port" with an IP address: where a peer's RTP comes from and goes to."""
-    if not value:
-        return value
+ADDRESS_MAX_LENGTH = 64  # Call.caller_address / agent_address
+PORT_PATTERN = re.compile(r"[1-9][0-9]{0,4}")  # canonical: no sign, space or leading zero
+SCOPE_PATTERN = re.compile(r"[0-9A-Za-z_.-]{1,15}")  # an interface name or index (IFNAMSIZ)
+BROADCAST = ipaddress.IPv4Address("255.255.255.255")
+
+
+def normalise_address(value: str) -> str:
+    """A peer's "ip:port" (IPv6 also as "[ip]:port") as `media.service.parse_address` reads it:
+    the address as `ipaddress` writes it (IPv6 unbracketed), a colon, the port."""
     host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    _, percent, scope = host.partition("%")
     try:
-        ipaddress.ip_address(host)
-        port_number = int(port)
+        if not sep or (percent and not SCOPE_PATTERN.fullmatch(scope)):
+            raise ValueError(value)
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        raise serializers.ValidationError('Use "ip:port", e.g. "192.0.2.10:4000".')
-    if not sep or not 1 <= port_number <= 65535:
-        raise serializers.ValidationError("Port must be 1-65535.")
-    return value
+        raise serializers.ValidationError('Use "ip:port", e.g. "192.0.2.10:4000".', code="invalid")
+    if not PORT_PATTERN.fullmatch(port) or int(port) > 65535:
+        raise serializers.ValidationError("Port must be 1-65535, written without leading zeros.", code="invalid")
+    unicast = getattr(ip, "ipv4_mapped", None) or ip
+    if unicast.is_multicast or unicast.is_unspecified or unicast == BROADCAST:
+        raise serializers.ValidationError(
+            "Use the unicast address of the peer (not multicast, broadcast or unspecified).", code="invalid"
+        )
+    return f"{ip}:{port}"
+
+
+class PeerAddressField(serializers.CharField):
+    """Where a peer's RTP comes from and goes to; blank = learned from its first packet."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("help_text", '"ip:port", e.g. "192.0.2.10:4000"; blank: the first packet\'s source.')
+        super().__init__(required=False, allow_blank=True, default="", max_length=ADDRESS_MAX_LENGTH, **kwargs)
+
+    def to_internal_value(self, data) -> str:
+        value = super().to_internal_value(data)
+        if len(value) > ADDRESS_MAX_LENGTH:  # before parsing; the validator checks the normalised form too
+            self.fail("max_length", max_length=ADDRESS_MAX_LENGTH)
+        return normalise_address(value)
 
 
 class SupervisorSerializer(serializers.Serializer):
     name = serializers.SlugField(max_length=64)
     mode = serializers.ChoiceField(choices=SUPERVISOR_MODES)
-    address = serializers.CharField(required=False, allow_blank=True, default="", validators=[validate_address])
+    address = PeerAddressField()
     port = serializers.IntegerField(read_only=True, help_text="Where the supervisor's phone sends RTP.")
 
     def validate_name(self, value: str) -> str:
@@ -65,8 +94,8 @@ class SupervisorSerializer(serializers.Serializer):
 class CallCreateSerializer(serializers.Serializer):
     codec = serializers.ChoiceField(choices=sorted(CODECS), default="PCMU")
     event_payload_type = serializers.IntegerField(min_value=96, max_value=127, default=101)
-    caller_address = serializers.CharField(required=False, allow_blank=True, default="", validators=[validate_address])
-    agent_address = serializers.CharField(required=False, allow_blank=True, default="", validators=[validate_address])
+    caller_address = PeerAddressField()
+    agent_address = PeerAddressField()
     reference = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
 
 
@@ -115,6 +144,12 @@ class CallView(APIView):
 
     def get_call(self, request: Request, call_id) -> Call:
         return get_for_tenant(Call.objects.select_related("session"), request_tenant(request), pk=call_id)
+
+    def lock_call(self, request: Request, call_id) -> Call:
+        """The call's row, locked to the end of the transaction: changes to `supervisors`
+        read it and write it back, so two requests must not interleave."""
+        calls = Call.objects.select_related("session").select_for_update(of=("self",))
+        return get_for_tenant(calls, request_tenant(request), pk=call_id)
 
 
 class CallListCreateView(CallView):
@@ -167,20 +202,21 @@ class CallEventView(CallView):
         responses={202: CallSerializer, 400: OpenApiResponse(description="Per-field errors."), 409: ErrorSerializer},
     )
     def post(self, request: Request, call_id) -> Response:
-        call = self.get_call(request, call_id)
-        if (ended := conflict_if_ended(call)) is not None:
-            return ended
-        incoming = EventSerializer(data=request.data)
-        incoming.is_valid(raise_exception=True)
-        event, supervisor = incoming.validated_data["event"], incoming.validated_data.get("supervisor")
-        if supervisor is not None and supervisor not in call.supervisors:
-            raise serializers.ValidationError({"supervisor": ["No such supervisor on this call."]})
         with transaction.atomic():
-            if supervisor is not None and event == "barge":
+            call = self.lock_call(request, call_id)
+            if (ended := conflict_if_ended(call)) is not None:
+                return ended
+            incoming = EventSerializer(data=request.data)
+            incoming.is_valid(raise_exception=True)
+            event, supervisor = incoming.validated_data["event"], incoming.validated_data.get("supervisor")
+            if supervisor is not None and supervisor not in call.supervisors:
+                raise serializers.ValidationError({"supervisor": ["No such supervisor on this call."]})
+            if supervisor is not None and event == "barge" and call.supervisors[supervisor]["mode"] != "barge":
                 call.supervisors[supervisor]["mode"] = "barge"
+                call.save(update_fields=["supervisors"])
             elif supervisor is not None and event == "monitor_stop":
                 del call.supervisors[supervisor]
-            call.save(update_fields=["supervisors"])
+                call.save(update_fields=["supervisors"])
             tell_worker(call, {"type": "call.event", "event": event, "supervisor": supervisor})
         return Response(CallSerializer(call).data, status=status.HTTP_202_ACCEPTED)
 
@@ -196,14 +232,15 @@ class CallSupervisorListView(CallView):
         },
     )
     def post(self, request: Request, call_id) -> Response:
-        call = self.get_call(request, call_id)
-        if (ended := conflict_if_ended(call)) is not None:
-            return ended
-        incoming = SupervisorSerializer(data=request.data)
-        incoming.is_valid(raise_exception=True)
-        name, mode = incoming.validated_data["name"], incoming.validated_data["mode"]
         with transaction.atomic():
+            call = self.lock_call(request, call_id)
+            if (ended := conflict_if_ended(call)) is not None:
+                return ended
+            incoming = SupervisorSerializer(data=request.data)
+            incoming.is_valid(raise_exception=True)
+            name, mode = incoming.validated_data["name"], incoming.validated_data["mode"]
             entry = call.supervisors.get(name)
+            changed = entry is None or entry["mode"] != mode
             if entry is None:
                 try:
                     (port,) = allocate_ports(call.worker_id, 1)
@@ -214,7 +251,8 @@ class CallSupervisorListView(CallView):
                 entry = {"port": port, "address": incoming.validated_data["address"]}
             entry["mode"] = mode
             call.supervisors[name] = entry
-            call.save(update_fields=["supervisors"])
+            if changed:
+                call.save(update_fields=["supervisors"])
             tell_worker(call, {"type": "call.supervisor", "name": name, "mode": mode})
         return Response({"name": name, **entry}, status=status.HTTP_201_CREATED)
 
@@ -225,14 +263,15 @@ class CallSupervisorDetailView(CallView):
         responses={204: None, 404: OpenApiResponse(description="No such call or supervisor."), 409: ErrorSerializer},
     )
     def delete(self, request: Request, call_id, name: str) -> Response:
-        call = self.get_call(request, call_id)
-        if (ended := conflict_if_ended(call)) is not None:
-            return ended
-        if name not in call.supervisors:
-            return Response({"detail": "No such supervisor.", "code": "not_found"}, status=status.HTTP_404_NOT_FOUND)
         with transaction.atomic():
+            call = self.lock_call(request, call_id)
+            if (ended := conflict_if_ended(call)) is not None:
+                return ended
+            if name not in call.supervisors:
+                return Response(
+                    {"detail": "No such supervisor.", "code": "not_found"}, status=status.HTTP_404_NOT_FOUND
+                )
             del call.supervisors[name]
             call.save(update_fields=["supervisors"])
             tell_worker(call, {"type": "call.supervisor", "name": name, "mode": None})
         return Response(status=status.HTTP_204_NO_CONTENT)
-

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
+
 import pytest
+from django.db import connection, transaction
 from django.test import Client
 
+from media.service import parse_address
 from securepay.calls import Call
+from tests.support import missing
 from tests.walls import wall_test
 
 
@@ -57,3 +64,137 @@ def test_bad_input_gets_field_errors(alpha):
 def test_needs_an_api_key(alpha):
     client = alpha.client_for("admin")
     assert client.post("/api/v1/calls/", {}, content_type="application/json").status_code in (401, 403)
+
+
+BAD_ADDRESSES = [
+    "192.0.2.10:" + "0" * 80 + "4000",  # int() would read 4000; too long for the column
+    "fe80::1%" + "e" * 80 + ":4000",  # a scope id of any length
+    "192.0.2.10:04000", "192.0.2.10:+4000", "192.0.2.10: 4000", "192.0.2.10:4_000", "192.0.2.10:４０００",
+    "192.0.2.10:0", "192.0.2.10:65536", "192.0.2.10", "192.0.2.10:", ":4000", "pbx.example:4000",
+    "fe80::1%eth 0:4000", "224.0.0.1:4000", "0.0.0.0:4000", "255.255.255.255:4000", "[::]:4000",
+    "ff02::1:4000", "::ffff:224.0.0.1:4000",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("address", BAD_ADDRESSES)
+def test_bad_peer_address_gets_a_field_error_and_changes_nothing(alpha, address):
+    call = api(alpha, "post", "/api/v1/calls/").json()
+    base = f"/api/v1/calls/{call['id']}/"
+    bad = api(alpha, "post", "/api/v1/calls/", {"caller_address": address, "agent_address": address})
+    assert bad.status_code == 400
+    assert set(bad.json()) == {"caller_address", "agent_address"}
+    bad = api(alpha, "post", base + "supervisors/", {"name": "sue", "mode": "monitor", "address": address})
+    assert bad.status_code == 400 and set(bad.json()) == {"address"}
+    assert list(Call.objects.values_list("pk", "supervisors")) == [(uuid.UUID(call["id"]), {})]
+
+
+@pytest.mark.parametrize(
+    "given, stored, peer",
+    [
+        ("127.0.0.1:4000", "127.0.0.1:4000", ("127.0.0.1", 4000)),
+        (" 192.0.2.10:65535 ", "192.0.2.10:65535", ("192.0.2.10", 65535)),
+        ("2001:DB8:0:0::1:4000", "2001:db8::1:4000", ("2001:db8::1", 4000)),
+        ("[2001:db8::1]:4000", "2001:db8::1:4000", ("2001:db8::1", 4000)),
+        ("[fe80::1%eth0]:4000", "fe80::1%eth0:4000", ("fe80::1%eth0", 4000)),
+        ("", "", None),
+    ],
+)
+def test_peer_addresses_are_stored_as_the_worker_reads_them(alpha, given, stored, peer):
+    created = api(alpha, "post", "/api/v1/calls/", {"caller_address": given, "agent_address": given})
+    assert created.status_code == 201 and created.json()["caller_address"] == stored
+    call = Call.objects.get(pk=created.json()["id"])
+    assert (call.caller_address, call.agent_address) == (stored, stored)
+    supervisor = {"name": "sue", "mode": "monitor", "address": given}
+    added = api(alpha, "post", f"/api/v1/calls/{call.pk}/supervisors/", supervisor)
+    assert added.status_code == 201 and added.json()["address"] == stored
+    call.refresh_from_db()
+    assert call.supervisors["sue"]["address"] == stored
+    assert parse_address(stored) == peer
+
+
+ANN = {"mode": "monitor", "port": 40100, "address": ""}
+
+
+def wait_for_a_lock_waiter(timeout: float = 5.0) -> None:
+    """Until another connection of this database waits for a row lock (the request under test)."""
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the request never waited for the call's row")
+
+
+def during_a_concurrent_change(call_id: str, send_request):
+    """Send the request while another transaction holds the call's row, then commits a
+    supervisor of its own ("ann"): the request must build on that change, not overwrite it."""
+    if connection.vendor != "postgresql":
+        missing("row locks are only real on PostgreSQL (DATABASE_URL), as in CI")
+    locked, failures = threading.Event(), []
+
+    def concurrent_request() -> None:
+        try:
+            with transaction.atomic():
+                row = Call.objects.select_for_update().get(pk=call_id)
+                locked.set()
+                wait_for_a_lock_waiter()
+                row.supervisors["ann"] = ANN
+                row.save(update_fields=["supervisors"])
+        except Exception as exc:  # reported by the test below, not lost in the thread
+            failures.append(exc)
+            locked.set()
+        finally:
+            connection.close()
+
+    other = threading.Thread(target=concurrent_request)
+    other.start()
+    assert locked.wait(5)
+    response = send_request()
+    other.join(10)
+    assert not failures, failures
+    return response
+
+
+def call_with_sue(world) -> tuple[str, str]:
+    call = api(world, "post", "/api/v1/calls/").json()
+    base = f"/api/v1/calls/{call['id']}/"
+    assert api(world, "post", base + "supervisors/", {"name": "sue", "mode": "monitor"}).status_code == 201
+    return call["id"], base
+
+
+def test_a_supervisor_added_concurrently_is_kept(transactional_db, alpha):
+    call_id, base = call_with_sue(alpha)
+    response = during_a_concurrent_change(
+        call_id, lambda: api(alpha, "post", base + "supervisors/", {"name": "bob", "mode": "barge"})
+    )
+    assert response.status_code == 201
+    assert set(Call.objects.get(pk=call_id).supervisors) == {"sue", "ann", "bob"}
+
+
+def test_a_supervisor_removed_while_another_is_added_leaves_the_other(transactional_db, alpha):
+    call_id, base = call_with_sue(alpha)
+    response = during_a_concurrent_change(call_id, lambda: api(alpha, "delete", base + "supervisors/sue/"))
+    assert response.status_code == 204
+    assert Call.objects.get(pk=call_id).supervisors == {"ann": ANN}
+
+
+@pytest.mark.parametrize(
+    "event, sue_after",
+    [
+        ({"event": "hold"}, "monitor"),
+        ({"event": "barge", "supervisor": "sue"}, "barge"),
+        ({"event": "monitor_stop", "supervisor": "sue"}, None),
+    ],
+)
+def test_events_keep_a_supervisor_added_concurrently(transactional_db, alpha, event, sue_after):
+    call_id, base = call_with_sue(alpha)
+    response = during_a_concurrent_change(call_id, lambda: api(alpha, "post", base + "events/", event))
+    assert response.status_code == 202
+    supervisors = Call.objects.get(pk=call_id).supervisors
+    assert supervisors["ann"] == ANN
+    assert supervisors.get("sue", {}).get("mode") == sue_after

@@ -5,7 +5,10 @@ same functions as the control API, streams the caller's key presses as real
 DTMF (in-band, RFC 4733 or both) over RTP in real time to the media worker, and
 records what the agent's handset receives. With MEDIA_WORKER_MODE=inprocess the
 worker runs inside this command (it then reaches agent pages only through a
-shared channel layer, i.e. REDIS_URL).
+shared channel layer, i.e. REDIS_URL): a worker of its own (`simulate-<random>`),
+so its start-up recovery ends only calls of its own and never those of the
+web process's in-process worker (`MEDIA_WORKER_ID`); it is subscribed before
+the call is started, so the start message cannot be lost.
 """
 
 from __future__ import annotations
@@ -14,17 +17,20 @@ import asyncio
 import contextlib
 import re
 import time
+import uuid
 
 import numpy as np
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.core.management.base import CommandError
+from django.test.utils import override_settings
 
 from media.calls import CODECS
 from media.codecs import write_wav
 from media.phones import Phones
 from media.service import MediaWorker
 from media.softphone import KEY_MODES, caller_packets, silence_packets
-from securepay.calls import NoFreePort, UnknownCode, link_call, start_call, tell_worker
+from securepay.calls import Call, CallState, NoFreePort, UnknownCode, link_call, start_call, tell_worker
 from securepay.models import PaymentSession
 from tenants.management.commands._base import OperatorCommand
 from tenants.models import Tenant
@@ -43,7 +49,12 @@ class Command(OperatorCommand):
         parser.add_argument("--tenant", help="Tenant slug (when several tenants have an open session with the code).")
         parser.add_argument("--codec", choices=sorted(CODECS), default="PCMU")
         parser.add_argument("--record", help="Write what the agent hears to this WAV file.")
-        parser.add_argument("--hangup", action="store_true", help="Hang up at the end (unsecures the session).")
+        parser.add_argument(
+            "--hangup",
+            action="store_true",
+            help="Hang up at the end (unsecures the session). With MEDIA_WORKER_MODE=inprocess the call always "
+            "ends with the command: its worker stops with it, and a call nobody relays must not stay secured.",
+        )
 
     def handle(self, *args, code, keys, mode, tenant, codec, record, hangup, **options) -> None:
         if not re.fullmatch(r"\d{4}", code):
@@ -57,14 +68,8 @@ class Command(OperatorCommand):
         if len(tenant_ids) != 1:
             raise self.fail(f"no open session with code {code}" if not tenant_ids else "several tenants: give --tenant")
         call_tenant = Tenant.objects.get(pk=tenant_ids.pop())
-        worker = MediaWorker() if settings.MEDIA_WORKER_MODE == "inprocess" else None
-        try:
-            call = start_call(call_tenant, codec=codec, reference="simulate_call")
-        except NoFreePort as exc:
-            raise self.fail(str(exc))
-        heard, stats = asyncio.run(self._run(worker, call, code, keys, mode, codec))
-        if hangup:
-            tell_worker(call, {"type": "call.event", "event": "hangup", "supervisor": None})
+        worker = MediaWorker(f"simulate-{uuid.uuid4().hex[:12]}") if settings.MEDIA_WORKER_MODE == "inprocess" else None
+        call, heard, stats = asyncio.run(self._run(worker, call_tenant, code, keys, mode, codec, hangup))
         if record:
             write_wav(record, heard)
         self.stdout.write(
@@ -73,21 +78,49 @@ class Command(OperatorCommand):
             + (f", recorded to {record}" if record else "")
         )
 
-    async def _run(self, worker, call, code, keys, mode, codec) -> tuple[np.ndarray, dict]:
+    async def _run(self, worker, tenant, code, keys, mode, codec, hangup) -> tuple[Call, np.ndarray, dict]:
         worker_task = asyncio.create_task(worker.run()) if worker else None
+        call = None
         try:
             if worker:
-                await worker.ready.wait()
+                await self._wait_ready(worker, worker_task)
+            call = await database_sync_to_async(self._start_call)(worker, tenant, codec)
             session = await database_sync_to_async(link_call)(call, code)
             await self._wait_secured(session.pk)
-            return await self._phones(call, keys, mode, codec)
+            heard, stats = await self._phones(call, keys, mode, codec)
+            if hangup and not worker:
+                await self._hang_up(call)
+            return call, heard, stats
         except UnknownCode:
             raise self.fail(f"no open session with code {code}")
         finally:
             if worker_task:
+                if call is not None:  # handled by the command's worker before it stops (also after a failure)
+                    try:
+                        await self._hang_up(call, wait=True)
+                    except CommandError as exc:
+                        self.stderr.write(f"warning: {exc}")
                 worker_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker_task
+
+    @staticmethod
+    async def _wait_ready(worker: MediaWorker, worker_task: asyncio.Task) -> None:
+        """Until the worker is subscribed to its group; its error if it fails before."""
+        ready = asyncio.create_task(worker.ready.wait())
+        await asyncio.wait({ready, worker_task}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
+            worker_task.result()
+
+    def _start_call(self, worker: MediaWorker | None, tenant: Tenant, codec: str) -> Call:
+        """Through the control API's `start_call`, to this command's own worker when it has one."""
+        routed = override_settings(MEDIA_WORKER_ID=worker.worker_id) if worker else contextlib.nullcontext()
+        try:
+            with routed:
+                return start_call(tenant, codec=codec, reference="simulate_call")
+        except NoFreePort as exc:
+            raise self.fail(str(exc))
 
     async def _wait_secured(self, session_id) -> None:
         deadline = time.monotonic() + LINK_WAIT_S
@@ -97,6 +130,19 @@ class Command(OperatorCommand):
                 return
             await asyncio.sleep(0.05)
         raise self.fail("the media worker did not link the call (is `manage.py media_worker` running?)")
+
+    async def _hang_up(self, call: Call, wait: bool = False) -> None:
+        await database_sync_to_async(tell_worker)(call, {"type": "call.event", "event": "hangup", "supervisor": None})
+        if wait:
+            await self._wait_ended(call.pk)
+
+    async def _wait_ended(self, call_id) -> None:
+        deadline = time.monotonic() + LINK_WAIT_S
+        while time.monotonic() < deadline:
+            if not await database_sync_to_async(Call.objects.filter(pk=call_id, state=CallState.LIVE).exists)():
+                return
+            await asyncio.sleep(0.05)
+        raise self.fail("the media worker did not hang up the call")
 
     async def _phones(self, call, keys, mode, codec) -> tuple[np.ndarray, dict]:
         sent, _audio = caller_packets(keys, mode, codec, call.event_payload_type)
