@@ -87,8 +87,11 @@ MAX_GAP_SAMPLES = SAMPLE_RATE  # a jump beyond 1 s restarts the timeline instead
 # worker mask and send seconds of audio per packet.
 GAP_JITTER_SAMPLES = 800  # 100 ms
 # A telephone-event is timed by its start: behind the audio by the press so far (long
-# presses are re-segmented every ~8 s, RFC 4733 2.5.1.3), never far ahead of it. Others
-# are dropped: each would hold a masking interval until the audio reached it.
+# presses are re-segmented every ~8 s, RFC 4733 2.5.1.3), never far ahead of it. An
+# event out of that reach (a sender sending only events, restarting its timestamps for
+# each key) restarts the timeline at the audio's position, as an audio jump does: it is
+# masked where the audio is, and made-up timestamps cannot pile up masking intervals
+# that the audio would never reach.
 EVENT_MAX_BEHIND_SAMPLES = 10 * SAMPLE_RATE
 EVENT_MAX_AHEAD_SAMPLES = SAMPLE_RATE
 MIX_LIMIT_SAMPLES = 1600  # 200 ms of queued audio to mix in; older is dropped (it would only add delay)
@@ -209,9 +212,15 @@ class InboundTimeline:
         self.next_position = position + size
         return position, max(gap, 0), skip
 
-    def event_in_reach(self, position: int) -> bool:
-        """Whether a telephone-event starting at `position` belongs near the audio."""
-        return -EVENT_MAX_BEHIND_SAMPLES <= position - self.next_position <= EVENT_MAX_AHEAD_SAMPLES
+    def place_event(self, timestamp: int) -> int:
+        """Position of a telephone-event's start; one out of reach of the audio
+        (or before the timeline's start) restarts the timeline at the audio's position."""
+        position = self.place(timestamp)
+        ahead = position - self.next_position
+        if position < 0 or not -EVENT_MAX_BEHIND_SAMPLES <= ahead <= EVENT_MAX_AHEAD_SAMPLES:
+            self.restart(timestamp)
+            position = self.next_position
+        return position
 
 
 class Leg:
@@ -562,9 +571,7 @@ class Call:
     def _from_caller(self, packet: RtpPacket, out: Received, now: float) -> None:
         timeline = self.caller.timeline
         if packet.payload_type == self.event_payload_type:
-            if not timeline.event_in_reach(timeline.place(packet.timestamp)):
-                self._drop("event_timestamp")
-                return
+            timeline.place_event(packet.timestamp)
             try:
                 done, active_start = self.caller_keys.event(packet, timeline.base)
             except ValueError:
@@ -632,10 +639,7 @@ class Call:
     def _from_agent(self, packet: RtpPacket, out: Received, now: float) -> None:
         timeline = self.agent.timeline
         if packet.payload_type == self.event_payload_type:
-            position = timeline.place(packet.timestamp)
-            if not timeline.event_in_reach(position):
-                self._drop("event_timestamp")
-                return
+            position = timeline.place_event(packet.timestamp)
             if self.listen_for_agent_code:
                 try:
                     out.agent_keys += self.agent_keys.event(packet, timeline.base)[0]

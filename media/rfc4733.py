@@ -62,6 +62,7 @@ class _Open:
     digit: str
     duration: int
     seen_ms: float
+    start_ms: float  # placed when its first packet came (the base may move before it ends)
 
 
 class EventTracker:
@@ -95,7 +96,7 @@ class EventTracker:
     @property
     def active_start_ms(self) -> float | None:
         """Start of the key press in progress (for masking), if any."""
-        return None if self._open is None else self._start_ms(self._open.timestamp)
+        return None if self._open is None else self._open.start_ms
 
     def feed(self, timestamp: int, marker: bool, payload: bytes, now_ms: float | None = None) -> list[KeyPress]:
         """One telephone-event packet; returns the key presses it completes.
@@ -108,15 +109,16 @@ class EventTracker:
         ev = events[-1]  # with several blocks the last describes this timestamp
         if ev.digit is None or timestamp in self._done:
             return out
-        seen = self._start_ms(timestamp) + self._ms(ev.duration) if now_ms is None else now_ms
         cur = self._open
         if cur is not None and cur.timestamp != timestamp:
             if ((timestamp - cur.timestamp) % 2**32) >= 2**31:
                 return out  # a reordered packet from before the open press
             out.append(self._finish())
             cur = None
+        start = self._start_ms(timestamp) if cur is None else cur.start_ms
+        seen = start + self._ms(ev.duration) if now_ms is None else now_ms
         if cur is None:
-            cur = self._open = _Open(timestamp, ev.digit, ev.duration, seen)
+            cur = self._open = _Open(timestamp, ev.digit, ev.duration, seen, start)
         cur.duration = max(cur.duration, ev.duration)
         cur.seen_ms = seen
         if ev.end:
@@ -138,8 +140,7 @@ class EventTracker:
         assert cur is not None
         self._open = None
         self._done = (self._done + [cur.timestamp])[-16:]
-        start = self._start_ms(cur.timestamp)
-        return KeyPress(cur.digit, start, start + self._ms(cur.duration))
+        return KeyPress(cur.digit, cur.start_ms, cur.start_ms + self._ms(cur.duration))
 
 
 def same_press(a: KeyPress, b: KeyPress, slack_ms: float = 20.0) -> bool:

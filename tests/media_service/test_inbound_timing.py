@@ -108,17 +108,29 @@ def test_timestamps_jumping_ahead_of_real_time_are_not_filled():
     assert sum(len(p) for p in caller.heard["agent"]) == 25 * 160  # one packet out per packet in
 
 
-def test_event_timestamps_far_from_the_audio_are_dropped_and_hold_nothing():
+def test_events_far_from_the_audio_are_masked_at_it_and_made_up_timestamps_hold_nothing():
     call = Call("c1")
     caller = Phone(call, "caller", ssrc=0x1111)
     for _ in range(5):
         caller.audio()
-    for k in range(1, 2001):  # each with a new timestamp 10 s further in the future
-        caller.send(build_event("1", 160), 101, caller.timestamp + k * 80000)
-    assert call.dropped == {"event_timestamp": 2000}
-    assert caller.keys == []
+    for k in range(1, 2001):  # each with a new timestamp 10 s further in the future, or before the stream's start
+        caller.send(build_event("1", 160), 101, caller.timestamp + (k if k % 2 else -k) * 80000)
     core = call.audio.masker._core
-    assert not core.intervals.get(call.mask_slot) and not core.events.get(call.mask_slot)
+    assert len(core.intervals.get(call.mask_slot, [])) <= 1  # all placed where the audio is: one span
+    for _ in range(30):
+        caller.audio()
+    assert [k.digit for k in caller.keys] == ["1"]  # the same key at the same place: counted once
+    assert not core.intervals.get(call.mask_slot)  # passed by the audio, forgotten
+
+
+def test_a_sender_of_events_only_restarting_its_timestamps_for_each_key_is_followed():
+    call = Call("c1")
+    caller = Phone(call, "caller", ssrc=0x1111)
+    for digit, start in zip("42019", (37120, 23200, 17632, 13280, 67840), strict=True):  # SIPp's RFC 2833 captures
+        for frame in range(7):
+            caller.send(build_event(digit, 320 * frame, end=frame >= 4), 101, start)
+        caller.now += 0.35
+    assert [k.digit for k in caller.keys] == list("42019")
 
 
 def test_the_key_merger_stays_bounded_whatever_the_timestamps():
