@@ -72,14 +72,12 @@ class CardCapture:
     # --- inputs -------------------------------------------------------------------
     def key(self, digit: str) -> None:
         """One key press from the caller's keypad: 0-9, `*` (clear field) or `#` (end number)."""
-        if digit not in DIGITS and digit not in (CLEAR_KEY, END_KEY):
-            raise ValueError("not a keypad key")
         if not self._secured:
             # Fail closed: nothing keyed while the call is not secured may land
             # in a field (the agent or a supervisor might be hearing it).
-            self.rejected_keys += 1
-            self._emit()
+            self.refuse(digit)
             return
+        self._check_key(digit)
         field = self._active
         if field is None:
             return
@@ -94,6 +92,12 @@ class CardCapture:
             if field == "pan":
                 self._pan_ended = self._pan_auto_complete()
             self._after_change(advance=self._complete(field))
+
+    def refuse(self, digit: str) -> None:
+        """A key pressed while its call was not secured: counted (the agent sees it), never kept."""
+        self._check_key(digit)
+        self.rejected_keys += 1
+        self._emit()
 
     def set_secured(self, secured: bool) -> None:
         """The telephony side linked (True) or broke (False) the secure state."""
@@ -145,6 +149,11 @@ class CardCapture:
         return self._valid("pan") and self._valid("expiry") and cvv_ok
 
     # --- internals ----------------------------------------------------------------
+    @staticmethod
+    def _check_key(digit: str) -> None:
+        if digit not in DIGITS and digit not in (CLEAR_KEY, END_KEY):
+            raise ValueError("not a keypad key")
+
     def _check_field(self, field: str) -> None:
         if field not in FIELDS:
             raise ValueError(f"unknown card field: {field!r}")

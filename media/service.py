@@ -10,6 +10,8 @@ the worker is subscribed before it reports ready, so no message falls in between
 
 * ``{"type": "call.start", "call": id}`` - bind the ports of the row, relay;
 * ``{"type": "call.link", "call": id, "session": sid}`` - the API checked the code;
+* ``{"type": "call.unlink", "call": id, "session": sid}`` - a call of another worker
+  took the session (one live call per session);
 * ``{"type": "call.event", "call": id, "event": E, "supervisor": name|None}``,
   E one of hold, unhold, switch_line, monitor_stop, barge, hangup;
 * ``{"type": "call.supervisor", "call": id, "name": n, "mode": m|None}`` - add
@@ -22,11 +24,14 @@ the keypad simulator drives (one way to do each thing), so agent pages behave
 the same with real calls and with the simulator.
 
 Secure state: a `link` (API, or the agent keying the session's code on their
-own phone) secures; hold, switch_line, monitor_stop, barge and hangup unsecure
-with that reason; `unhold` re-secures a call that was linked; no RTP for
+own phone) secures, unless the caller is on hold (then `unhold` does); a session
+has one live call: the call that linked it last (the others lose it and their
+keys; a code keyed on the agent's phone never takes a session another live call
+holds); hold, switch_line, monitor_stop, barge and hangup unsecure with that
+reason; `unhold` re-secures a call that was linked; no RTP for
 MEDIA_RTP_TIMEOUT_SECONDS tears the call down (`link_lost`); a worker that
 starts ends the calls a previous run left live and unsecures their open
-sessions (`link_lost`) - never silently secure. Masking of the caller's key
+sessions and every session it had secured (`link_lost`) - never silently secure. Masking of the caller's key
 tones never depends on any of this: every call is masked, always.
 
 In the demo (MEDIA_WORKER_MODE=inprocess) the worker runs as a task on the
@@ -43,9 +48,11 @@ from dataclasses import dataclass, field
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import transaction
 
 from media import calls as media_calls
 from media.capture import CLEAR_KEY, DIGITS, END_KEY
+from media.dtmf import SAMPLE_RATE, KeyPress
 from media.relay import Relay
 from securepay.calls import Call as CallRow
 from securepay.calls import CallState, EndReason
@@ -85,9 +92,12 @@ class CallLink:
 
     tenant_id: int
     session_id: str | None = None
-    linked: bool = False  # secured by a link and not broken since (hold may be undone)
+    linked: bool = False  # linked and not broken since: secured unless on hold
     on_hold: bool = False
     agent_digits: str = ""
+    # Where the caller's timeline was when the call was last secured: a key pressed
+    # before it (on hold, before the link) is refused even if it ends after it.
+    secured_from_ms: float = 0.0
     started: float = 0.0
     supervisors: dict[str, str] = field(default_factory=dict)
 
@@ -133,13 +143,19 @@ class MediaWorker:
             await layer.group_discard(worker_group(self.worker_id), channel)
 
     def recover(self) -> None:
-        """A previous run's live calls are gone: end them, unsecure their open sessions."""
+        """A previous run's live calls are gone: end them, unsecure their open sessions
+        and every session it had secured (the API may have moved a row to another session)."""
+        lost: set[str] = set()
         for row in CallRow.objects.filter(worker_id=self.worker_id, state=CallState.LIVE).select_related("session"):
             row.end(EndReason.WORKER_RESTART)
             if row.session is not None and row.session.is_open:
-                self.hub.break_link(row.session_id, BreakReason.LINK_LOST)
-                # Its card entry died with the previous run; the card must not outlive it.
-                get_vault().discard(row.session_id)
+                lost.add(str(row.session_id))
+        secured_here = PaymentSession.objects.open().filter(secured_by=self.worker_id).values_list("pk", flat=True)
+        lost.update(str(pk) for pk in secured_here)
+        for session_id in lost:
+            self.hub.break_link(session_id, BreakReason.LINK_LOST)
+            # Its card entry died with the previous run; the card must not outlive it.
+            get_vault().discard(session_id)
 
     async def _serve_jobs(self) -> None:
         # One queue, one consumer: a call's messages and key presses keep their order.
@@ -153,16 +169,22 @@ class MediaWorker:
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
-            self.relay.send_reports()
-            started = {call_id: link.started for call_id, link in self.links.items()}
-            for call_id in self.relay.idle_calls(self.rtp_timeout_s, started):
-                self._stop_relaying(call_id, EndReason.RTP_TIMEOUT)  # now; the rest in order
-                self._jobs.put_nowait(self._end_call(call_id, EndReason.RTP_TIMEOUT, BreakReason.LINK_LOST))
-            for call_id, link in self.links.items():
-                call = self.relay.calls.get(call_id)
-                if call is not None and link.session_id and call.session_open:
-                    # The session ended (agent, API): a barging supervisor may hear the caller again.
-                    call.session_open = self.hub.is_linked(link.session_id)
+            try:
+                self._tick_once()
+            except Exception:  # a failed tick must not end the ticking: RTP timeouts break sessions
+                logger.exception("media worker %s: tick failed", self.worker_id)
+
+    def _tick_once(self) -> None:
+        self.relay.send_reports()
+        started = {call_id: link.started for call_id, link in self.links.items()}
+        for call_id in self.relay.idle_calls(self.rtp_timeout_s, started):
+            self._stop_relaying(call_id, EndReason.RTP_TIMEOUT)  # now; the rest in order
+            self._jobs.put_nowait(self._end_call(call_id, EndReason.RTP_TIMEOUT, BreakReason.LINK_LOST))
+        for call_id, link in self.links.items():
+            call = self.relay.calls.get(call_id)
+            if call is not None and link.session_id and call.session_open:
+                # The session ended (agent, API): a barging supervisor may hear the caller again.
+                call.session_open = self.hub.is_linked(link.session_id)
 
     # --- control messages ------------------------------------------------------
     async def _handle_message(self, message: dict) -> None:
@@ -173,6 +195,8 @@ class MediaWorker:
             logger.info("media worker %s: %s for unknown call %s", self.worker_id, kind, call_id)
         elif kind == "call.link":
             await self._link(call_id, str(message["session"]))
+        elif kind == "call.unlink":
+            await self._unlink(call_id, str(message["session"]))
         elif kind == "call.event":
             await self._event(call_id, message["event"], message.get("supervisor"))
         elif kind == "call.supervisor":
@@ -203,23 +227,49 @@ class MediaWorker:
             await self._link(call_id, str(row.session_id))
 
     async def _link(self, call_id: str, session_id: str) -> None:
+        """Link the call to the session (also on unhold); secure it unless the caller is on hold."""
         link = self.links[call_id]
         if link.session_id and link.session_id != session_id and link.linked:
             await self._break(call_id, BreakReason.LINE_SWITCH)  # the old session loses this call
+        for other_id, other in self.links.items():
+            if other_id != call_id and other.session_id == session_id:
+                self._drop_session(other_id)  # one live call per session: the newest
         link.session_id = session_id
         try:
-            await database_sync_to_async(self._link_session)(call_id, session_id)
+            await database_sync_to_async(self._link_session)(call_id, session_id, not link.on_hold)
         except (IllegalTransition, PaymentSession.DoesNotExist):
             logger.info("media worker %s: session of call %s is not open", self.worker_id, call_id)
             return
-        link.linked, link.on_hold = True, False
+        link.linked = True
         call = self.relay.calls[call_id]
+        if not link.on_hold:
+            link.secured_from_ms = call.caller.timeline.next_position * 1000 / SAMPLE_RATE
         call.session_open = True
         call.listen_for_agent_code = False
 
-    def _link_session(self, call_id: str, session_id: str) -> None:
-        self.hub.link(session_id)  # first: the agent page waits for this
-        CallRow.objects.filter(pk=call_id).exclude(session_id=session_id).update(session_id=session_id)
+    def _link_session(self, call_id: str, session_id: str, secure: bool) -> None:
+        # The row first: a crash after it leaves a row that recovery finds, never a
+        # secured session that nothing points to.
+        CallRow(pk=call_id).claim_session(session_id)
+        if secure:
+            self.hub.link(session_id, self.worker_id)
+        else:
+            self.hub.break_link(session_id, BreakReason.HOLD)  # linked on hold: secured on unhold
+
+    async def _unlink(self, call_id: str, session_id: str) -> None:
+        """A call of another worker took the session."""
+        if self.links[call_id].session_id == session_id:
+            self._drop_session(call_id)
+            await database_sync_to_async(self.hub.release)(session_id)
+
+    def _drop_session(self, call_id: str) -> None:
+        """The call lost its session to another call: it may neither secure it nor key into it."""
+        link = self.links[call_id]
+        link.session_id, link.linked = None, False
+        call = self.relay.calls.get(call_id)
+        if call is not None:
+            call.session_open = False
+            call.listen_for_agent_code = True
 
     async def _break(self, call_id: str, reason: str) -> None:
         link = self.links[call_id]
@@ -230,8 +280,10 @@ class MediaWorker:
         await database_sync_to_async(self._break_session)(link.session_id, reason)
 
     def _break_session(self, session_id: str, reason: str) -> None:
-        if PaymentSession.objects.filter(pk=session_id).open().exists():
-            self.hub.break_link(session_id, reason)
+        try:
+            self.hub.break_link(session_id, reason)  # also when ended: its `end` may have been lost
+        except PaymentSession.DoesNotExist:
+            self.hub.release(session_id)
 
     async def _event(self, call_id: str, event: str, supervisor: str | None) -> None:
         link = self.links[call_id]
@@ -240,7 +292,8 @@ class MediaWorker:
             await self._end_call(call_id, EndReason.HANGUP, BreakReason.HANGUP)
             return
         if event == "unhold":
-            if link.on_hold and link.linked and link.session_id:
+            was_on_hold, link.on_hold = link.on_hold, False
+            if was_on_hold and link.linked and link.session_id:
                 await self._link(call_id, link.session_id)
             return
         if event == "hold":
@@ -310,31 +363,45 @@ class MediaWorker:
         link = self.links.get(call.call_id)
         if link is None:
             return
-        digits = [press.digit for press in received.caller_keys if press.digit in CAPTURE_KEYS]
-        if digits and link.session_id:
-            self._jobs.put_nowait(self._press(link.session_id, digits))
+        presses = [press for press in received.caller_keys if press.digit in CAPTURE_KEYS]
+        if presses and link.session_id:
+            self._jobs.put_nowait(self._press(call.call_id, link.session_id, presses))
         for press in received.agent_keys:
             link.agent_digits = (link.agent_digits + press.digit)[-CODE_LENGTH:]
             if not link.linked and len(link.agent_digits) == CODE_LENGTH and link.agent_digits.isdigit():
                 self._jobs.put_nowait(self._agent_code(call.call_id, link.agent_digits))
 
-    async def _press(self, session_id: str, digits: list[str]) -> None:
-        for digit in digits:
-            await database_sync_to_async(self.hub.press_key)(session_id, digit)
+    async def _press(self, call_id: str, session_id: str, presses: list[KeyPress]) -> None:
+        link = self.links.get(call_id)
+        if link is None or link.session_id != session_id:
+            return  # the call lost the session before its keys got here: another call keys into it now
+        secured = link.linked and not link.on_hold
+        for press in presses:
+            accepted = secured and press.start_ms >= link.secured_from_ms
+            await database_sync_to_async(self.hub.press_key)(session_id, press.digit, accepted)
 
     async def _agent_code(self, call_id: str, code: str) -> None:
         link = self.links.get(call_id)
         if link is None or link.linked:
             return
-        session_id = await database_sync_to_async(self._open_session_with_code)(link.tenant_id, code)
+        session_id = await database_sync_to_async(self._claim_session_with_code)(call_id, link.tenant_id, code)
         if session_id is not None:
             link.agent_digits = ""
             await self._link(call_id, session_id)
 
     @staticmethod
-    def _open_session_with_code(tenant_id: int, code: str) -> str | None:
-        session = PaymentSession.objects.filter(tenant_id=tenant_id, code=code).open().first()
-        return None if session is None else str(session.pk)
+    def _claim_session_with_code(call_id: str, tenant_id: int, code: str) -> str | None:
+        """Claim for the call the tenant's open session with this code, unless a live call
+        holds it: an agent keying digits never takes a session away from another call."""
+        with transaction.atomic():
+            session = PaymentSession.objects.select_for_update().filter(tenant_id=tenant_id, code=code).open().first()
+            if session is None:
+                return None
+            # Asked after the lock: a claim that committed meanwhile is seen.
+            if CallRow.objects.filter(session=session, state=CallState.LIVE).exclude(pk=call_id).exists():
+                return None
+            CallRow(pk=call_id).claim_session(session.pk)
+            return str(session.pk)
 
 
 _inprocess: dict[int, asyncio.Task] = {}

@@ -74,6 +74,20 @@ class Call(models.Model):
         self.state, self.end_reason, self.ended_at = CallState.ENDED, reason, timezone.now()
         self.save(update_fields=["state", "end_reason", "ended_at"])
 
+    def claim_session(self, session_id) -> list[Call]:
+        """Link this call to the session; its other live calls lose it (one live call per
+        session: a call the agent left must neither secure it nor key into it).
+        Returns the calls that lost it, so their workers can be told."""
+        with transaction.atomic():
+            PaymentSession.objects.select_for_update().get(pk=session_id)  # one claim of a session at a time
+            others = list(
+                Call.objects.select_for_update().filter(session_id=session_id, state=CallState.LIVE).exclude(pk=self.pk)
+            )
+            Call.objects.filter(pk__in=[other.pk for other in others]).update(session=None)
+            Call.objects.filter(pk=self.pk).update(session_id=session_id)
+            self.session_id = session_id
+        return others
+
 
 def ports_in_use(worker_id: str) -> set[int]:
     used: set[int] = set()
@@ -140,7 +154,9 @@ def link_call(call: Call, code: str) -> PaymentSession:
     if session is None:
         raise UnknownCode(code)
     with transaction.atomic():
+        for other in call.claim_session(session.pk):
+            if other.worker_id != call.worker_id:  # the same worker drops it when it links this call
+                tell_worker(other, {"type": "call.unlink", "session": str(session.pk)})
         call.session = session
-        call.save(update_fields=["session"])
         tell_worker(call, {"type": "call.link", "session": str(session.pk)})
     return session

@@ -34,7 +34,7 @@ from django.db import transaction
 from django.dispatch import receiver
 
 from media.capture import FIELDS, CardCapture
-from securepay.models import PaymentAttempt, PaymentSession, Status
+from securepay.models import IllegalTransition, PaymentAttempt, PaymentSession, Status
 from securepay.signals import session_transitioned
 from securepay.vault import get_vault
 
@@ -141,31 +141,53 @@ class MediaHub:
         self._listening: asyncio.Event | None = None
 
     # --- telephony side -------------------------------------------------------------
-    def link(self, session_id) -> None:
-        """A call was linked to the session: secure it, then accept digits."""
+    def link(self, session_id, worker_id: str = "") -> None:
+        """A call was linked to the session: secure it, then accept digits.
+        Raises IllegalTransition when the session is not open (also when it ends meanwhile)."""
         session = PaymentSession.objects.select_related("template").get(pk=session_id)
-        session.mark_secured(MEDIA_ACTOR)
+        session.mark_secured(MEDIA_ACTOR, worker_id)
         with self._lock:
+            # An `end` handled between the two steps found no card entry to drop: never
+            # create a secured one for a session that has ended since.
+            if not PaymentSession.objects.filter(pk=session_id).open().exists():
+                raise IllegalTransition(session_id, Status.ENDED, "secured")
             self._capture_for(session).set_secured(True)
         broadcast_session_state(session)
 
     def break_link(self, session_id, reason: str) -> None:
-        """Hold, hang-up, ...: refuse digits first (fail closed), then record why."""
+        """Hold, hang-up, ...: refuse digits first (fail closed), then record why.
+        An ended session (its `end` command may have been lost) loses its card entry instead."""
         with self._lock:
             capture = self._captures.get(str(session_id))
             if capture is not None:
                 capture.set_secured(False)
         session = PaymentSession.objects.get(pk=session_id)
+        if not session.is_open:
+            self.release(session_id)
+            get_vault().discard(session_id)
+            return
         session.mark_unsecured(reason, MEDIA_ACTOR)
         broadcast_session_state(session)
 
-    def press_key(self, session_id, digit: str) -> bool:
-        """One key from the caller's keypad; False when no call of this process is linked to the session."""
+    def release(self, session_id) -> None:
+        """A call of another worker took the session: refuse digits here and forget its card entry
+        (that worker records the secure state)."""
+        with self._lock:
+            capture = self._captures.pop(str(session_id), None)
+            if capture is not None:
+                capture.set_secured(False)
+
+    def press_key(self, session_id, digit: str, from_secured_call: bool = True) -> bool:
+        """One key from the caller's keypad; False when no call of this process is linked to the session.
+        A key the worker knows was pressed on a call that was not secured is refused (and counted)."""
         with self._lock:
             capture = self._captures.get(str(session_id))
             if capture is None:
                 return False
-            capture.key(digit)
+            if from_secured_call:
+                capture.key(digit)
+            else:
+                capture.refuse(digit)
             return True
 
     def is_linked(self, session_id) -> bool:

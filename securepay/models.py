@@ -107,6 +107,8 @@ class PaymentSession(models.Model):
         max_length=16, choices=BreakReason.choices, default=BreakReason.NOT_LINKED, blank=True
     )
     secured_at = models.DateTimeField(null=True, blank=True)
+    # The media worker that secured it: a restarted worker unsecures what it had secured.
+    secured_by = models.CharField(max_length=64, blank=True)
     # Customer details from step 1 / prefill. Never card data: the card fields
     # are not template fields and cannot be submitted through any form.
     details = models.JSONField(default=dict, blank=True)
@@ -245,16 +247,17 @@ class PaymentSession(models.Model):
 
     def end(self, actor: str) -> None:
         # An ended session is never secure: no digit may be accepted into it.
-        self._move(Status.ENDED, actor, ended_at=timezone.now(), secure_state=SecureState.UNSECURED)
+        self._move(Status.ENDED, actor, ended_at=timezone.now(), secure_state=SecureState.UNSECURED, secured_by="")
 
     # --- secure state ------------------------------------------------------------
     @property
     def is_secured(self) -> bool:
         return self.secure_state == SecureState.SECURED
 
-    def mark_secured(self, actor: str) -> None:
-        """A call is linked and the media path is clean: digits may be accepted."""
-        self._set_secure(SecureState.SECURED, "", actor)
+    def mark_secured(self, actor: str, worker_id: str = "") -> None:
+        """A call is linked and the media path is clean: digits may be accepted.
+        `worker_id`: the media worker holding the call, which unsecures it if it restarts."""
+        self._set_secure(SecureState.SECURED, "", actor, worker_id)
 
     def mark_unsecured(self, reason: str, actor: str) -> None:
         """A telephony event broke the secure state; digits are refused until re-secured."""
@@ -262,16 +265,16 @@ class PaymentSession(models.Model):
             raise ValueError(f"unknown break reason: {reason}")
         self._set_secure(SecureState.UNSECURED, reason, actor)
 
-    def _set_secure(self, state: str, reason: str, actor: str) -> None:
+    def _set_secure(self, state: str, reason: str, actor: str, worker_id: str = "") -> None:
         with transaction.atomic():
             current = type(self).objects.select_for_update().get(pk=self.pk)
             if state == SecureState.SECURED and not current.is_open:
                 raise IllegalTransition(self.pk, f"{current.status}/{current.secure_state}", state)
             before = current.secure_state
-            current.secure_state, current.break_reason = state, reason
+            current.secure_state, current.break_reason, current.secured_by = state, reason, worker_id
             if state == SecureState.SECURED:
                 current.secured_at = timezone.now()
-            current.save(update_fields=["secure_state", "break_reason", "secured_at", "updated_at"])
+            current.save(update_fields=["secure_state", "break_reason", "secured_at", "secured_by", "updated_at"])
             SessionEvent.record(current, actor, "secure", before, state, reason)
         self.refresh_from_db()
 

@@ -1,0 +1,345 @@
+"""The worker's secure state, driven inside the test process: a `MediaWorker` with
+its own `MediaHub` and an in-memory channel layer, against the real database.
+
+Control messages go straight to `_handle_message` and key presses straight to
+`_on_keys` (what the relay calls), so each test states the order of events exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+
+from media import calls as media_calls
+from media import service
+from media.dtmf import SAMPLE_RATE, KeyPress
+from media.service import MediaWorker
+from securepay.calls import Call, CallState, link_call, start_call
+from securepay.live import MediaHub
+from securepay.models import BreakReason, IllegalTransition, PaymentSession, SecureState
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+WORKER_ID = "secure-state"
+
+
+@pytest.fixture(autouse=True)
+def _worker_here(settings):
+    settings.MEDIA_WORKER_MODE = "external"
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.MEDIA_WORKER_ID = WORKER_ID
+
+
+@pytest.fixture
+def hub() -> MediaHub:
+    return MediaHub()
+
+
+@pytest.fixture
+def worker(hub):
+    worker = MediaWorker(WORKER_ID, "127.0.0.1", 30, hub)
+    yield worker
+    worker.relay.close()
+
+
+def card_entry_session(world) -> PaymentSession:
+    template = world.tenant.page_templates.get(slug="default")
+    session = PaymentSession.open_for(tenant=world.tenant, template=template, actor="test")
+    session.open_details("test")
+    session.start_card_entry("test", details={}, amount_minor=100)
+    return session
+
+
+def secure_state(session: PaymentSession) -> tuple[str, str]:
+    fresh = PaymentSession.objects.get(pk=session.pk)
+    return fresh.secure_state, fresh.break_reason
+
+
+def pan_length(hub: MediaHub, session: PaymentSession) -> int:
+    """Card-number digits that landed in the session's card entry (none without one)."""
+    capture = hub._captures.get(str(session.pk))
+    return 0 if capture is None else capture.state()["fields"]["pan"]["length"]
+
+
+def run(scenario):
+    return async_to_sync(scenario)()
+
+
+async def drain(worker: MediaWorker) -> None:
+    while not worker._jobs.empty():
+        await worker._jobs.get_nowait()
+
+
+async def start(worker: MediaWorker, *calls: Call) -> None:
+    for call in calls:
+        await worker._start_call(str(call.pk))
+
+
+async def link(worker: MediaWorker, call: Call, session: PaymentSession) -> None:
+    await worker._handle_message({"type": "call.link", "call": str(call.pk), "session": str(session.pk)})
+
+
+async def event(worker: MediaWorker, call: Call, name: str) -> None:
+    await worker._handle_message({"type": "call.event", "call": str(call.pk), "event": name, "supervisor": None})
+
+
+async def caller_keys(worker: MediaWorker, call: Call, digits: str, start_ms: float = 0.0) -> None:
+    presses = [KeyPress(digit, start_ms + 200 * n, start_ms + 200 * n + 100) for n, digit in enumerate(digits)]
+    worker._on_keys(worker.relay.calls[str(call.pk)], media_calls.Received(caller_keys=presses))
+    await drain(worker)
+
+
+async def agent_keys(worker: MediaWorker, call: Call, digits: str) -> None:
+    presses = [KeyPress(digit, 200 * n, 200 * n + 100) for n, digit in enumerate(digits)]
+    worker._on_keys(worker.relay.calls[str(call.pk)], media_calls.Received(agent_keys=presses))
+    await drain(worker)
+
+
+# --- one live call per session ---------------------------------------------------------
+def test_keys_from_a_call_that_lost_the_session_are_dropped(alpha, worker, hub):
+    session = card_entry_session(alpha)
+    left, current = start_call(alpha.tenant), start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, left, current)
+        await link(worker, left, session)
+        await event(worker, left, "switch_line")
+        await link(worker, current, session)
+        await caller_keys(worker, left, "4242")
+
+    run(scenario)
+    assert secure_state(session) == (SecureState.SECURED, "")
+    assert pan_length(hub, session) == 0
+    assert worker.links[str(left.pk)].session_id is None
+    assert Call.objects.get(pk=left.pk).session_id is None
+    assert Call.objects.get(pk=current.pk).session_id == session.pk
+
+
+def test_unhold_of_a_call_that_lost_the_session_does_not_secure_it(alpha, worker, hub):
+    session = card_entry_session(alpha)
+    left, current = start_call(alpha.tenant), start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, left, current)
+        await link(worker, left, session)
+        await event(worker, left, "hold")
+        await link(worker, current, session)
+        await event(worker, current, "hold")
+        await event(worker, left, "unhold")
+
+    run(scenario)
+    assert secure_state(session) == (SecureState.UNSECURED, BreakReason.HOLD)
+    assert hub._captures[str(session.pk)].state()["secured"] is False
+
+
+def test_agent_code_never_takes_a_session_another_live_call_holds(alpha, worker, hub):
+    session = card_entry_session(alpha)
+    first, other_agent = start_call(alpha.tenant), start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, first, other_agent)
+        await link(worker, first, session)
+        await agent_keys(worker, other_agent, "9" + session.code)
+        await caller_keys(worker, other_agent, "4242")
+
+    run(scenario)
+    assert worker.links[str(other_agent.pk)].session_id is None
+    assert Call.objects.get(pk=other_agent.pk).session_id is None
+    assert Call.objects.get(pk=first.pk).session_id == session.pk
+    assert pan_length(hub, session) == 0
+
+
+def test_agent_code_links_a_session_no_live_call_holds(alpha, worker, hub):
+    session = card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, call)
+        await agent_keys(worker, call, session.code)
+        await caller_keys(worker, call, "42")
+
+    run(scenario)
+    assert Call.objects.get(pk=call.pk).session_id == session.pk
+    assert secure_state(session) == (SecureState.SECURED, "")
+    assert pan_length(hub, session) == 2
+
+
+def test_api_link_takes_the_session_from_the_other_live_call(alpha, settings):
+    session = card_entry_session(alpha)
+    here = start_call(alpha.tenant)
+    settings.MEDIA_WORKER_ID = "another-worker"
+    there = start_call(alpha.tenant)
+    link_call(there, session.code)
+
+    async def relink_and_listen_there() -> dict:
+        layer = get_channel_layer()
+        channel = await layer.new_channel("test.")
+        await layer.group_add(service.worker_group("another-worker"), channel)
+        await database_sync_to_async(link_call)(here, session.code)
+        return await asyncio.wait_for(layer.receive(channel), 2)
+
+    told = run(relink_and_listen_there)
+    assert Call.objects.get(pk=there.pk).session_id is None
+    assert Call.objects.get(pk=here.pk).session_id == session.pk
+    assert told == {"type": "call.unlink", "session": str(session.pk), "call": str(there.pk)}
+
+
+def test_unlink_from_another_worker_drops_the_session_and_its_keys(alpha, worker, hub):
+    session = card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, call)
+        await link(worker, call, session)
+        await worker._handle_message({"type": "call.unlink", "call": str(call.pk), "session": str(session.pk)})
+        await caller_keys(worker, call, "42")
+
+    run(scenario)
+    assert worker.links[str(call.pk)].session_id is None
+    assert not hub.is_linked(session.pk)
+
+
+# --- restart recovery -----------------------------------------------------------------
+def test_recovery_unsecures_a_session_the_api_moved_the_call_away_from(alpha, worker):
+    first, second = card_entry_session(alpha), card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, call)
+        await link(worker, call, first)
+
+    run(scenario)
+    worker.relay.close()  # the worker dies; the API links the call elsewhere meanwhile
+    link_call(Call.objects.get(pk=call.pk), second.code)
+    MediaWorker(WORKER_ID, "127.0.0.1", 30, MediaHub()).recover()
+    assert secure_state(first) == (SecureState.UNSECURED, BreakReason.LINK_LOST)
+    assert secure_state(second) == (SecureState.UNSECURED, BreakReason.LINK_LOST)
+    assert Call.objects.get(pk=call.pk).state == CallState.ENDED
+
+
+def test_recovery_leaves_sessions_other_workers_secured(alpha):
+    session = card_entry_session(alpha)
+    session.mark_secured("test", "another-worker")
+    MediaWorker(WORKER_ID, "127.0.0.1", 30, MediaHub()).recover()
+    assert secure_state(session) == (SecureState.SECURED, "")
+
+
+def test_the_call_row_points_to_the_session_before_it_is_secured(alpha, worker, hub, monkeypatch):
+    session = card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+    rows_when_secured = []
+    secure = hub.link
+
+    def link_and_note(session_id, *args):
+        rows_when_secured.append(Call.objects.get(pk=call.pk).session_id)
+        secure(session_id, *args)
+
+    monkeypatch.setattr(hub, "link", link_and_note)
+
+    async def scenario():
+        await start(worker, call)
+        await link(worker, call, session)
+
+    run(scenario)
+    assert rows_when_secured == [session.pk]
+    assert PaymentSession.objects.get(pk=session.pk).secured_by == WORKER_ID
+
+
+# --- ended sessions -------------------------------------------------------------------
+def test_a_break_after_a_lost_end_unsecures_and_drops_the_card_entry(alpha, worker, hub):
+    session = card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, call)
+        await link(worker, call, session)
+        await caller_keys(worker, call, "42")
+        capture = hub._captures[str(session.pk)]
+        # The hub is not listening on `media.sessions`: the session's `end` command is lost.
+        await database_sync_to_async(lambda: PaymentSession.objects.get(pk=session.pk).end("test"))()
+        await event(worker, call, "barge")
+        return capture
+
+    capture = run(scenario)
+    assert capture.state()["secured"] is False
+    assert not hub.is_linked(session.pk)
+
+
+def test_link_racing_an_end_leaves_no_secured_card_entry(alpha, hub, monkeypatch):
+    session = card_entry_session(alpha)
+    mark_secured = PaymentSession.mark_secured
+
+    def secured_then_ended(self, *args):
+        mark_secured(self, *args)
+        PaymentSession.objects.get(pk=self.pk).end("test")  # the agent ends it in between
+
+    monkeypatch.setattr(PaymentSession, "mark_secured", secured_then_ended)
+    with pytest.raises(IllegalTransition):
+        hub.link(session.pk)
+    assert not hub.is_linked(session.pk)
+
+
+# --- hold -----------------------------------------------------------------------------
+def test_a_call_linked_on_hold_is_secured_only_on_unhold(alpha, worker, hub):
+    session = card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+    seen = {}
+
+    async def scenario():
+        await start(worker, call)
+        await event(worker, call, "hold")
+        await link(worker, call, session)
+        await caller_keys(worker, call, "42")
+        seen["on hold"] = await database_sync_to_async(secure_state)(session), pan_length(hub, session)
+        await event(worker, call, "unhold")
+        await caller_keys(worker, call, "42", start_ms=10_000)
+        seen["after unhold"] = await database_sync_to_async(secure_state)(session), pan_length(hub, session)
+
+    run(scenario)
+    assert seen["on hold"] == ((SecureState.UNSECURED, BreakReason.HOLD), 0)
+    assert seen["after unhold"] == ((SecureState.SECURED, ""), 2)
+    assert Call.objects.get(pk=call.pk).session_id == session.pk
+
+
+# --- the tick ---------------------------------------------------------------------------
+def test_a_failing_tick_does_not_stop_the_ticking(worker, monkeypatch):
+    monkeypatch.setattr(service, "TICK_S", 0.01)
+    ticks = []
+
+    def report() -> None:
+        ticks.append(1)
+        if len(ticks) == 1:
+            raise RuntimeError("one bad tick")
+
+    monkeypatch.setattr(worker.relay, "send_reports", report)
+
+    async def scenario():
+        task = asyncio.create_task(worker._tick())
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    run(scenario)
+    assert len(ticks) > 2
+
+
+# --- when a key was pressed -------------------------------------------------------------
+def test_a_key_pressed_on_hold_and_detected_after_unhold_is_refused(alpha, worker, hub):
+    session = card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, call)
+        await link(worker, call, session)
+        await event(worker, call, "hold")
+        worker.relay.calls[str(call.pk)].caller.timeline.next_position = 5 * SAMPLE_RATE  # 5 s of caller audio
+        await event(worker, call, "unhold")
+        await caller_keys(worker, call, "4", start_ms=4_900)  # pressed on hold, released after unhold
+        await caller_keys(worker, call, "42", start_ms=5_100)
+
+    run(scenario)
+    state = hub._captures[str(session.pk)].state()
+    assert state["fields"]["pan"]["length"] == 2 and state["rejected_keys"] == 1
