@@ -241,11 +241,12 @@ class Leg:
         self.mix_in = MixQueue()  # secondary audio mixed into what this leg hears
         self.received = 0
 
-    def accept_source(self, address: tuple[str, int]) -> bool:
-        """Symmetric RTP: latch the first source; ignore others (no injection)."""
+    def accept_source(self, address: tuple) -> bool:
+        """Symmetric RTP: latch the first source; ignore others (no injection).
+        `address` as a socket reports it: (host, port), plus flow info and scope for IPv6."""
         if self.peer is None:
-            self.peer = address
-        return self.peer == address
+            self.peer = address[:2]
+        return self.peer == address or self.peer == address[:2]
 
 
 @dataclass(slots=True)

@@ -135,9 +135,10 @@ def tell_worker(call: Call, message: dict) -> None:
     transaction.on_commit(send)
 
 
-def start_call(tenant: Tenant, **fields) -> Call:
-    """Allocate the ports, write the row, have the worker bind them. Raises NoFreePort."""
-    worker_id = settings.MEDIA_WORKER_ID
+def start_call(tenant: Tenant, worker_id: str | None = None, **fields) -> Call:
+    """Allocate the ports, write the row, have the worker (default: MEDIA_WORKER_ID)
+    bind them. Raises NoFreePort."""
+    worker_id = worker_id or settings.MEDIA_WORKER_ID
     with transaction.atomic():
         caller_port, agent_port = allocate_ports(worker_id, 2)
         call = Call.objects.create(

@@ -62,7 +62,18 @@ def normalise_address(value: str) -> str:
         raise serializers.ValidationError(
             "Use the unicast address of the peer (not multicast, broadcast or unspecified).", code="invalid"
         )
+    if ip.version != rtp_ip_version():
+        raise serializers.ValidationError(
+            f"The media workers send RTP over IPv{rtp_ip_version()} (MEDIA_RTP_HOST): use an IPv{rtp_ip_version()} "
+            "address.",
+            code="invalid",
+        )
     return f"{ip}:{port}"
+
+
+def rtp_ip_version() -> int:
+    """4 or 6: the family of the media workers' RTP sockets (they bind MEDIA_RTP_HOST)."""
+    return 6 if ":" in settings.MEDIA_RTP_HOST else 4
 
 
 class PeerAddressField(serializers.CharField):
@@ -179,6 +190,10 @@ class CallDetailView(CallView):
 class CallLinkView(CallView):
     @extend_schema(
         summary="Link the call to an open payment session by its 4-digit code (secures it)",
+        description=(
+            "A session has one live call: linking takes it from any other live call (which can then "
+            "neither secure it nor key into it). A call on hold is linked unsecured and secured on unhold."
+        ),
         request=LinkSerializer,
         responses={200: CallSerializer, 400: OpenApiResponse(description="Unknown code."), 409: ErrorSerializer},
     )

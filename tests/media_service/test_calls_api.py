@@ -99,7 +99,8 @@ def test_bad_peer_address_gets_a_field_error_and_changes_nothing(alpha, address)
         ("", "", None),
     ],
 )
-def test_peer_addresses_are_stored_as_the_worker_reads_them(alpha, given, stored, peer):
+def test_peer_addresses_are_stored_as_the_worker_reads_them(alpha, settings, given, stored, peer):
+    settings.MEDIA_RTP_HOST = "::" if peer and ":" in peer[0] else "0.0.0.0"  # workers of the peer's family
     created = api(alpha, "post", "/api/v1/calls/", {"caller_address": given, "agent_address": given})
     assert created.status_code == 201 and created.json()["caller_address"] == stored
     call = Call.objects.get(pk=created.json()["id"])
@@ -198,3 +199,11 @@ def test_events_keep_a_supervisor_added_concurrently(transactional_db, alpha, ev
     supervisors = Call.objects.get(pk=call_id).supervisors
     assert supervisors["ann"] == ANN
     assert supervisors.get("sue", {}).get("mode") == sue_after
+
+
+def test_a_peer_of_another_address_family_than_the_workers_is_refused(alpha, settings):
+    settings.MEDIA_RTP_HOST = "0.0.0.0"
+    refused = api(alpha, "post", "/api/v1/calls/", {"caller_address": "[2001:db8::1]:4000"})
+    assert refused.status_code == 400
+    assert "IPv4" in refused.json()["caller_address"][0]
+    assert not Call.objects.exists()

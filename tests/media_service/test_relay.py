@@ -12,7 +12,7 @@ from media.calls import Call
 from media.codecs import ulaw_decode
 from media.dtmf import detect
 from media.relay import Relay
-from media.rtp import RtpPacket, parse_rtp
+from media.rtp import RtpPacket, is_rtcp, parse_rtp
 from media.softphone import caller_packets, silence_packets
 
 HOST = "127.0.0.1"
@@ -109,3 +109,37 @@ def test_garbage_and_foreign_sources_are_counted_and_closing_releases_everything
     assert len(heard) == 1  # the one good packet, masked and relayed
     assert call.dropped == {"short": 2, "version": 1, "payload_type": 1, "foreign_source": 1}
     assert call.mask_slot is None and reused_slot == slot  # the DSP slot went back to the pool
+
+
+def test_a_call_over_ipv6_latches_its_phones_and_relays():
+    """IPv6 sockets report (host, port, flow info, scope id): a peer given as (host, port) or
+    latched from its first packet is matched by host and port."""
+
+    def phone6() -> socket.socket:
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        sock.bind(("::1", 0))
+        sock.setblocking(False)
+        return sock
+
+    async def scenario():
+        relay = Relay(lambda call, received: None)
+        call = Call("c6", audio=relay.audio)
+        caller_at = ("::1", await relay.open_leg(call, call.caller, "::1", 0))
+        agent_at = ("::1", await relay.open_leg(call, call.agent, "::1", 0))
+        caller, agent = phone6(), phone6()
+        call.caller.peer = caller.getsockname()[:2]  # given by the control API, as media.service sets it
+        agent.sendto(silence_packets(0.02)[0][1], agent_at)
+        await asyncio.sleep(0.02)
+        for _at, data in caller_packets("1")[0][:10]:
+            caller.sendto(data, caller_at)
+            await asyncio.sleep(0.003)
+        await asyncio.sleep(0.05)
+        heard = [data for data in read_all(agent) if not is_rtcp(data)]
+        relay.close()
+        caller.close()
+        agent.close()
+        return call, heard
+
+    call, heard = asyncio.run(scenario())
+    assert len(heard) == 10 and call.dropped == {}
+    assert call.caller.peer[0] == call.agent.peer[0] == "::1"

@@ -23,7 +23,6 @@ import numpy as np
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core.management.base import CommandError
-from django.test.utils import override_settings
 
 from media.calls import CODECS
 from media.codecs import write_wav
@@ -74,8 +73,7 @@ class Command(OperatorCommand):
             write_wav(record, heard)
         self.stdout.write(
             f"call {call.pk}: sent {len(keys)} keys ({mode}) in {stats['caller_packets']} packets; "
-            f"agent leg received {stats['agent_packets']} packets"
-            + (f", recorded to {record}" if record else "")
+            f"agent leg received {stats['agent_packets']} packets" + (f", recorded to {record}" if record else "")
         )
 
     async def _run(self, worker, tenant, code, keys, mode, codec, hangup) -> tuple[Call, np.ndarray, dict]:
@@ -115,10 +113,10 @@ class Command(OperatorCommand):
 
     def _start_call(self, worker: MediaWorker | None, tenant: Tenant, codec: str) -> Call:
         """Through the control API's `start_call`, to this command's own worker when it has one."""
-        routed = override_settings(MEDIA_WORKER_ID=worker.worker_id) if worker else contextlib.nullcontext()
         try:
-            with routed:
-                return start_call(tenant, codec=codec, reference="simulate_call")
+            return start_call(
+                tenant, worker_id=worker.worker_id if worker else None, codec=codec, reference="simulate_call"
+            )
         except NoFreePort as exc:
             raise self.fail(str(exc))
 
