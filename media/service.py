@@ -24,11 +24,14 @@ the keypad simulator drives (one way to do each thing), so agent pages behave
 the same with real calls and with the simulator.
 
 Secure state: a `link` (API, or the agent keying the session's code on their
-own phone) secures, unless the caller is on hold (then `unhold` does); a session
-has one live call: the call that linked it last (the others lose it and their
-keys; a code keyed on the agent's phone never takes a session another live call
-holds); hold, switch_line, monitor_stop, barge and hangup unsecure with that
-reason; `unhold` re-secures a call that was linked; no RTP for
+own phone) secures, unless the caller is on hold (then `unhold` does). A session
+has one live call: whoever links claims it for the call (`Call.claim_session`,
+under the session's row lock; a code keyed on the agent's phone never takes a
+session another live call holds), and a worker secures it, or records a break,
+only while its call holds it - asked under that same lock, so a later claim
+always wins; a call that lost it loses its keys, and its worker unsecures the
+session only if it was the one that had secured it. Hold, switch_line,
+monitor_stop, barge and hangup unsecure with that reason; no RTP for
 MEDIA_RTP_TIMEOUT_SECONDS tears the call down (`link_lost`); a worker that
 starts ends the calls a previous run left live and unsecures their open
 sessions and every session it had secured (`link_lost`) - never silently secure. Masking of the caller's key
@@ -43,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from channels.db import database_sync_to_async
@@ -55,7 +59,7 @@ from media.capture import CLEAR_KEY, DIGITS, END_KEY
 from media.dtmf import SAMPLE_RATE, KeyPress
 from media.relay import Relay
 from securepay.calls import Call as CallRow
-from securepay.calls import CallState, EndReason
+from securepay.calls import CallNotLive, CallState, EndReason
 from securepay.live import MediaHub, hub
 from securepay.models import BreakReason, IllegalTransition, PaymentSession
 from securepay.vault import get_vault
@@ -226,41 +230,56 @@ class MediaWorker:
         if row.session_id is not None:
             await self._link(call_id, str(row.session_id))
 
-    async def _link(self, call_id: str, session_id: str) -> None:
-        """Link the call to the session (also on unhold); secure it unless the caller is on hold."""
-        link = self.links[call_id]
+    async def _link(self, call_id: str, session_id: str, resecure: bool = False) -> None:
+        """Secure the session for the call, unless the caller is on hold (then unhold does,
+        `resecure`). Only while the call holds the session: whoever linked it (the API, the
+        agent's code) claimed it first, and a later claim by another call wins."""
+        link, call = self.links[call_id], self.relay.calls.get(call_id)
+        if call is None:
+            return
+        # Keys count from here (read before any wait); a repeated link of a secured call keeps its start.
+        already_secured = link.linked and not link.on_hold and link.session_id == session_id and not resecure
+        position_ms = call.caller.timeline.next_position * 1000 / SAMPLE_RATE
         if link.session_id and link.session_id != session_id and link.linked:
             await self._break(call_id, BreakReason.LINE_SWITCH)  # the old session loses this call
         for other_id, other in self.links.items():
             if other_id != call_id and other.session_id == session_id:
-                self._drop_session(other_id)  # one live call per session: the newest
+                self._drop_session(other_id)  # one live call per session: the one that claimed it last
         link.session_id = session_id
         try:
-            await database_sync_to_async(self._link_session)(call_id, session_id, not link.on_hold)
+            holds = await database_sync_to_async(self._link_session)(call_id, session_id, link.on_hold)
         except (IllegalTransition, PaymentSession.DoesNotExist):
             logger.info("media worker %s: session of call %s is not open", self.worker_id, call_id)
             return
+        if not holds:
+            logger.info("media worker %s: call %s no longer holds session %s", self.worker_id, call_id, session_id)
+            self._drop_session(call_id)
+            return
         link.linked = True
-        call = self.relay.calls[call_id]
-        if not link.on_hold:
-            link.secured_from_ms = call.caller.timeline.next_position * 1000 / SAMPLE_RATE
+        if not link.on_hold and not already_secured:
+            link.secured_from_ms = position_ms
         call.session_open = True
         call.listen_for_agent_code = False
 
-    def _link_session(self, call_id: str, session_id: str, secure: bool) -> None:
-        # The row first: a crash after it leaves a row that recovery finds, never a
-        # secured session that nothing points to.
-        CallRow(pk=call_id).claim_session(session_id)
-        if secure:
-            self.hub.link(session_id, self.worker_id)
-        else:
-            self.hub.break_link(session_id, BreakReason.HOLD)  # linked on hold: secured on unhold
+    def _link_session(self, call_id: str, session_id: str, on_hold: bool) -> bool:
+        return self.hub.link(session_id, self.worker_id, on_hold, only_if=self._held_by(call_id))
+
+    def _held_by(self, call_id: str) -> Callable[[PaymentSession], bool]:
+        """Whether the call still holds the session, asked under the session's row lock
+        (which every claim takes): a claim cannot slip in between."""
+        return lambda session: CallRow.objects.filter(pk=call_id, session_id=session.pk, state=CallState.LIVE).exists()
 
     async def _unlink(self, call_id: str, session_id: str) -> None:
         """A call of another worker took the session."""
         if self.links[call_id].session_id == session_id:
             self._drop_session(call_id)
-            await database_sync_to_async(self.hub.release)(session_id)
+            await database_sync_to_async(self._release_session)(session_id)
+
+    def _release_session(self, session_id: str) -> None:
+        """Forget the session's card entry; if this worker's call had secured it and the
+        new call's worker has not secured it since, it is not secure any more."""
+        self.hub.release(session_id)
+        self.hub.break_link(session_id, BreakReason.LINE_SWITCH, only_if=lambda s: s.secured_by == self.worker_id)
 
     def _drop_session(self, call_id: str) -> None:
         """The call lost its session to another call: it may neither secure it nor key into it."""
@@ -277,11 +296,15 @@ class MediaWorker:
             return
         if reason != BreakReason.HOLD:
             link.linked = False
-        await database_sync_to_async(self._break_session)(link.session_id, reason)
+        await database_sync_to_async(self._break_session)(call_id, link.session_id, reason)
 
-    def _break_session(self, session_id: str, reason: str) -> None:
+    def _break_session(self, call_id: str, session_id: str, reason: str) -> None:
+        """The call's event breaks the session's secure state - unless the call lost the
+        session to another call meanwhile (then only what this worker had secured)."""
+        held = self._held_by(call_id)
         try:
-            self.hub.break_link(session_id, reason)  # also when ended: its `end` may have been lost
+            # Also when ended: its `end` may have been lost.
+            self.hub.break_link(session_id, reason, only_if=lambda s: held(s) or s.secured_by == self.worker_id)
         except PaymentSession.DoesNotExist:
             self.hub.release(session_id)
 
@@ -294,7 +317,7 @@ class MediaWorker:
         if event == "unhold":
             was_on_hold, link.on_hold = link.on_hold, False
             if was_on_hold and link.linked and link.session_id:
-                await self._link(call_id, link.session_id)
+                await self._link(call_id, link.session_id, resecure=True)
             return
         if event == "hold":
             link.on_hold = True
@@ -349,7 +372,7 @@ class MediaWorker:
         if link is None:
             return
         if link.session_id is not None:
-            await database_sync_to_async(self._break_session)(link.session_id, break_reason)
+            await database_sync_to_async(self._break_session)(call_id, link.session_id, break_reason)
         await database_sync_to_async(self._end_row)(call_id, end_reason)
 
     @staticmethod
@@ -400,7 +423,10 @@ class MediaWorker:
             # Asked after the lock: a claim that committed meanwhile is seen.
             if CallRow.objects.filter(session=session, state=CallState.LIVE).exclude(pk=call_id).exists():
                 return None
-            CallRow(pk=call_id).claim_session(session.pk)
+            try:
+                CallRow(pk=call_id).claim_session(session.pk)
+            except CallNotLive:
+                return None
             return str(session.pk)
 
 

@@ -76,17 +76,33 @@ class Call(models.Model):
 
     def claim_session(self, session_id) -> list[Call]:
         """Link this call to the session; its other live calls lose it (one live call per
-        session: a call the agent left must neither secure it nor key into it).
-        Returns the calls that lost it, so their workers can be told."""
+        session: a call the agent left must neither secure it nor key into it), and the
+        workers of those calls are told (`call.unlink`). Returns the calls that lost it.
+        Raises CallNotLive when this call has ended (a hang-up may have come first)."""
         with transaction.atomic():
             PaymentSession.objects.select_for_update().get(pk=session_id)  # one claim of a session at a time
-            others = list(
-                Call.objects.select_for_update().filter(session_id=session_id, state=CallState.LIVE).exclude(pk=self.pk)
+            # This call and the session's other live calls, locked in one go in key order:
+            # two claims that cross (each taking the other's session) cannot deadlock.
+            rows = list(
+                Call.objects.select_for_update()
+                .filter(models.Q(pk=self.pk) | models.Q(session_id=session_id, state=CallState.LIVE))
+                .order_by("pk")
             )
+            mine = next((row for row in rows if str(row.pk) == str(self.pk)), None)  # self.pk may be a str
+            if mine is None or mine.state != CallState.LIVE:
+                raise CallNotLive(self.pk)
+            others = [row for row in rows if row is not mine]
             Call.objects.filter(pk__in=[other.pk for other in others]).update(session=None)
             Call.objects.filter(pk=self.pk).update(session_id=session_id)
             self.session_id = session_id
+            for other in others:
+                if other.worker_id != mine.worker_id:  # a worker holding both calls sorts it out itself
+                    tell_worker(other, {"type": "call.unlink", "session": str(session_id)})
         return others
+
+
+class CallNotLive(Exception):
+    """The call has ended: it cannot take a session."""
 
 
 def ports_in_use(worker_id: str) -> set[int]:
@@ -155,9 +171,7 @@ def link_call(call: Call, code: str) -> PaymentSession:
     if session is None:
         raise UnknownCode(code)
     with transaction.atomic():
-        for other in call.claim_session(session.pk):
-            if other.worker_id != call.worker_id:  # the same worker drops it when it links this call
-                tell_worker(other, {"type": "call.unlink", "session": str(session.pk)})
+        call.claim_session(session.pk)
         call.session = session
         tell_worker(call, {"type": "call.link", "session": str(session.pk)})
     return session

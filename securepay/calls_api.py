@@ -21,7 +21,16 @@ from rest_framework.views import APIView
 
 from media.calls import CODECS, SUPERVISOR_MODES
 from media.service import CALL_EVENTS, ensure_inprocess
-from securepay.calls import Call, NoFreePort, UnknownCode, allocate_ports, link_call, start_call, tell_worker
+from securepay.calls import (
+    Call,
+    CallNotLive,
+    NoFreePort,
+    UnknownCode,
+    allocate_ports,
+    link_call,
+    start_call,
+    tell_worker,
+)
 from tenants.api_auth import request_tenant
 from tenants.models import ApiKey
 from tenants.scoping import get_for_tenant
@@ -68,6 +77,8 @@ def normalise_address(value: str) -> str:
             "address.",
             code="invalid",
         )
+    if getattr(ip, "ipv4_mapped", None) is not None:
+        return f"::ffff:{ip.ipv4_mapped}:{port}"  # as an IPv6 socket reports the peer (Python 3.11 writes hex)
     return f"{ip}:{port}"
 
 
@@ -207,6 +218,9 @@ class CallLinkView(CallView):
             link_call(call, incoming.validated_data["code"])
         except UnknownCode:
             raise serializers.ValidationError({"code": ["No open session of this tenant has this code."]})
+        except CallNotLive:  # hung up since the check above
+            call.refresh_from_db()
+            return conflict_if_ended(call)
         return Response(CallSerializer(call).data)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -34,7 +35,7 @@ from django.db import transaction
 from django.dispatch import receiver
 
 from media.capture import FIELDS, CardCapture
-from securepay.models import IllegalTransition, PaymentAttempt, PaymentSession, Status
+from securepay.models import BreakReason, IllegalTransition, PaymentAttempt, PaymentSession, Status
 from securepay.signals import session_transitioned
 from securepay.vault import get_vault
 
@@ -141,22 +142,37 @@ class MediaHub:
         self._listening: asyncio.Event | None = None
 
     # --- telephony side -------------------------------------------------------------
-    def link(self, session_id, worker_id: str = "") -> None:
-        """A call was linked to the session: secure it, then accept digits.
-        Raises IllegalTransition when the session is not open (also when it ends meanwhile)."""
+    def link(
+        self,
+        session_id,
+        worker_id: str = "",
+        on_hold: bool = False,
+        only_if: Callable[[PaymentSession], bool] | None = None,
+    ) -> bool:
+        """A call was linked to the session: secure it, then accept digits (on hold:
+        record it, unsecured, until unhold). `only_if`: see PaymentSession.mark_unsecured;
+        False when it did not hold (nothing changed). Raises IllegalTransition when the
+        session is not open (also when it ends meanwhile)."""
         session = PaymentSession.objects.select_related("template").get(pk=session_id)
-        session.mark_secured(MEDIA_ACTOR, worker_id)
+        if on_hold:
+            changed = session.mark_unsecured(BreakReason.HOLD, MEDIA_ACTOR, only_if=only_if)
+        else:
+            changed = session.mark_secured(MEDIA_ACTOR, worker_id, only_if=only_if)
+        if not changed:
+            return False
         with self._lock:
             # An `end` handled between the two steps found no card entry to drop: never
-            # create a secured one for a session that has ended since.
+            # create a card entry for a session that has ended since.
             if not PaymentSession.objects.filter(pk=session_id).open().exists():
-                raise IllegalTransition(session_id, Status.ENDED, "secured")
-            self._capture_for(session).set_secured(True)
+                raise IllegalTransition(session_id, Status.ENDED, "linked")
+            self._capture_for(session).set_secured(not on_hold)
         broadcast_session_state(session)
+        return True
 
-    def break_link(self, session_id, reason: str) -> None:
-        """Hold, hang-up, ...: refuse digits first (fail closed), then record why.
-        An ended session (its `end` command may have been lost) loses its card entry instead."""
+    def break_link(self, session_id, reason: str, only_if: Callable[[PaymentSession], bool] | None = None) -> None:
+        """Hold, hang-up, ...: refuse digits first (fail closed), then record why
+        (`only_if`: see PaymentSession.mark_unsecured). An ended session (its `end`
+        command may have been lost) loses its card entry instead."""
         with self._lock:
             capture = self._captures.get(str(session_id))
             if capture is not None:
@@ -166,8 +182,8 @@ class MediaHub:
             self.release(session_id)
             get_vault().discard(session_id)
             return
-        session.mark_unsecured(reason, MEDIA_ACTOR)
-        broadcast_session_state(session)
+        if session.mark_unsecured(reason, MEDIA_ACTOR, only_if=only_if):
+            broadcast_session_state(session)
 
     def release(self, session_id) -> None:
         """A call of another worker took the session: refuse digits here and forget its card entry

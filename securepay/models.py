@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
@@ -254,20 +255,34 @@ class PaymentSession(models.Model):
     def is_secured(self) -> bool:
         return self.secure_state == SecureState.SECURED
 
-    def mark_secured(self, actor: str, worker_id: str = "") -> None:
+    def mark_secured(
+        self, actor: str, worker_id: str = "", only_if: Callable[[PaymentSession], bool] | None = None
+    ) -> bool:
         """A call is linked and the media path is clean: digits may be accepted.
-        `worker_id`: the media worker holding the call, which unsecures it if it restarts."""
-        self._set_secure(SecureState.SECURED, "", actor, worker_id)
+        `worker_id`: the media worker holding the call, which unsecures it if it restarts.
+        `only_if`: as for mark_unsecured."""
+        return self._set_secure(SecureState.SECURED, "", actor, worker_id, only_if)
 
-    def mark_unsecured(self, reason: str, actor: str) -> None:
-        """A telephony event broke the secure state; digits are refused until re-secured."""
+    def mark_unsecured(self, reason: str, actor: str, only_if: Callable[[PaymentSession], bool] | None = None) -> bool:
+        """A telephony event broke the secure state; digits are refused until re-secured.
+        `only_if(locked row)`: a condition checked under the row lock (the event's call
+        may have lost the session meanwhile); False when it did not hold (nothing changed)."""
         if reason not in BreakReason.values:
             raise ValueError(f"unknown break reason: {reason}")
-        self._set_secure(SecureState.UNSECURED, reason, actor)
+        return self._set_secure(SecureState.UNSECURED, reason, actor, only_if=only_if)
 
-    def _set_secure(self, state: str, reason: str, actor: str, worker_id: str = "") -> None:
+    def _set_secure(
+        self,
+        state: str,
+        reason: str,
+        actor: str,
+        worker_id: str = "",
+        only_if: Callable[[PaymentSession], bool] | None = None,
+    ) -> bool:
         with transaction.atomic():
             current = type(self).objects.select_for_update().get(pk=self.pk)
+            if only_if is not None and not only_if(current):
+                return False
             if state == SecureState.SECURED and not current.is_open:
                 raise IllegalTransition(self.pk, f"{current.status}/{current.secure_state}", state)
             before = current.secure_state
@@ -277,6 +292,7 @@ class PaymentSession(models.Model):
             current.save(update_fields=["secure_state", "break_reason", "secured_at", "secured_by", "updated_at"])
             SessionEvent.record(current, actor, "secure", before, state, reason)
         self.refresh_from_db()
+        return True
 
 
 class SessionEvent(models.Model):

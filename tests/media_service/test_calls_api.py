@@ -96,6 +96,7 @@ def test_bad_peer_address_gets_a_field_error_and_changes_nothing(alpha, address)
         ("2001:DB8:0:0::1:4000", "2001:db8::1:4000", ("2001:db8::1", 4000)),
         ("[2001:db8::1]:4000", "2001:db8::1:4000", ("2001:db8::1", 4000)),
         ("[fe80::1%eth0]:4000", "fe80::1%eth0:4000", ("fe80::1%eth0", 4000)),
+        ("[::ffff:7f00:1]:4000", "::ffff:127.0.0.1:4000", ("::ffff:127.0.0.1", 4000)),  # as a socket reports it
         ("", "", None),
     ],
 )

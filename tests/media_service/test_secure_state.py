@@ -8,17 +8,19 @@ Control messages go straight to `_handle_message` and key presses straight to
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.db import connection
 
 from media import calls as media_calls
 from media import service
 from media.dtmf import SAMPLE_RATE, KeyPress
 from media.service import MediaWorker
-from securepay.calls import Call, CallState, link_call, start_call
+from securepay.calls import Call, CallNotLive, CallState, link_call, start_call
 from securepay.live import MediaHub
 from securepay.models import BreakReason, IllegalTransition, PaymentSession, SecureState
 
@@ -80,6 +82,8 @@ async def start(worker: MediaWorker, *calls: Call) -> None:
 
 
 async def link(worker: MediaWorker, call: Call, session: PaymentSession) -> None:
+    """As the API's link_call: the call claims the session, then its worker is told."""
+    await database_sync_to_async(Call(pk=call.pk).claim_session)(session.pk)
     await worker._handle_message({"type": "call.link", "call": str(call.pk), "session": str(session.pk)})
 
 
@@ -234,9 +238,9 @@ def test_the_call_row_points_to_the_session_before_it_is_secured(alpha, worker, 
     rows_when_secured = []
     secure = hub.link
 
-    def link_and_note(session_id, *args):
+    def link_and_note(session_id, *args, **kwargs):
         rows_when_secured.append(Call.objects.get(pk=call.pk).session_id)
-        secure(session_id, *args)
+        return secure(session_id, *args, **kwargs)
 
     monkeypatch.setattr(hub, "link", link_and_note)
 
@@ -273,9 +277,10 @@ def test_link_racing_an_end_leaves_no_secured_card_entry(alpha, hub, monkeypatch
     session = card_entry_session(alpha)
     mark_secured = PaymentSession.mark_secured
 
-    def secured_then_ended(self, *args):
-        mark_secured(self, *args)
+    def secured_then_ended(self, *args, **kwargs):
+        secured = mark_secured(self, *args, **kwargs)
         PaymentSession.objects.get(pk=self.pk).end("test")  # the agent ends it in between
+        return secured
 
     monkeypatch.setattr(PaymentSession, "mark_secured", secured_then_ended)
     with pytest.raises(IllegalTransition):
@@ -343,3 +348,149 @@ def test_a_key_pressed_on_hold_and_detected_after_unhold_is_refused(alpha, worke
     run(scenario)
     state = hub._captures[str(session.pk)].state()
     assert state["fields"]["pan"]["length"] == 2 and state["rejected_keys"] == 1
+
+
+# --- two workers (found by a second review) -------------------------------------------
+@pytest.fixture
+def two_workers():
+    one, two = MediaWorker("w-one", "127.0.0.1", 30, MediaHub()), MediaWorker("w-two", "127.0.0.1", 30, MediaHub())
+    yield one, two
+    one.relay.close()
+    two.relay.close()
+
+
+async def api_link(call: Call, session: PaymentSession) -> None:
+    """POST /api/v1/calls/<id>/link/: the claim only (each worker's message is delivered by the test)."""
+    await database_sync_to_async(link_call)(await database_sync_to_async(Call.objects.get)(pk=call.pk), session.code)
+
+
+def test_a_hangup_of_the_call_that_lost_the_session_leaves_the_new_calls_secure_state(alpha, two_workers):
+    one, two = two_workers
+    session = card_entry_session(alpha)
+    old, new = start_call(alpha.tenant, worker_id="w-one"), start_call(alpha.tenant, worker_id="w-two")
+
+    async def scenario():
+        await start(one, old)
+        await start(two, new)
+        await link(one, old, session)
+        await api_link(new, session)
+        await link(two, new, session)  # worker two secures it for the new call ...
+        await event(one, old, "hangup")  # ... before worker one hears that its call lost it
+        await caller_keys(two, new, "4242")
+
+    run(scenario)
+    assert secure_state(session) == (SecureState.SECURED, "")  # the indicator and the digits agree
+    assert pan_length(two.hub, session) == 4
+
+
+def test_an_unhold_of_the_call_that_lost_the_session_does_not_take_it_back(alpha, two_workers):
+    one, two = two_workers
+    session = card_entry_session(alpha)
+    old, new = start_call(alpha.tenant, worker_id="w-one"), start_call(alpha.tenant, worker_id="w-two")
+
+    async def scenario():
+        await start(one, old)
+        await start(two, new)
+        await link(one, old, session)
+        await event(one, old, "hold")
+        await api_link(new, session)
+        await link(two, new, session)
+        await event(one, old, "unhold")  # before its unlink arrives
+        await one._handle_message({"type": "call.unlink", "call": str(old.pk), "session": str(session.pk)})
+        await caller_keys(one, old, "42")
+
+    run(scenario)
+    assert Call.objects.get(pk=new.pk).session_id == session.pk
+    assert PaymentSession.objects.get(pk=session.pk).secured_by == "w-two"
+    assert pan_length(one.hub, session) == 0
+
+
+def test_a_call_that_hung_up_cannot_take_a_session(alpha, two_workers):
+    one, two = two_workers
+    session = card_entry_session(alpha)
+    holder, gone = start_call(alpha.tenant, worker_id="w-one"), start_call(alpha.tenant, worker_id="w-two")
+
+    async def scenario():
+        await start(one, holder)
+        await start(two, gone)
+        await link(one, holder, session)
+        await event(two, gone, "hangup")
+        with pytest.raises(CallNotLive):
+            await api_link(gone, session)
+
+    run(scenario)
+    assert Call.objects.get(pk=holder.pk).session_id == session.pk
+    assert secure_state(session) == (SecureState.SECURED, "")
+
+
+def test_a_worker_whose_call_lost_the_session_unsecures_what_it_had_secured(alpha, two_workers):
+    one, two = two_workers
+    session = card_entry_session(alpha)
+    old, new = start_call(alpha.tenant, worker_id="w-one"), start_call(alpha.tenant, worker_id="w-two")
+
+    async def scenario():
+        await start(one, old)
+        await start(two, new)
+        await event(two, new, "hold")
+        await link(one, old, session)
+        await api_link(new, session)  # worker two links it on hold: not secure until unhold
+        await one._handle_message({"type": "call.unlink", "call": str(old.pk), "session": str(session.pk)})
+
+    run(scenario)
+    state, _reason = secure_state(session)
+    assert state == SecureState.UNSECURED  # no call secures it now
+
+
+def test_crossed_claims_do_not_deadlock(alpha):
+    first, second = card_entry_session(alpha), card_entry_session(alpha)
+    a, b = start_call(alpha.tenant), start_call(alpha.tenant)
+    Call.objects.filter(pk=a.pk).update(session=second)
+    Call.objects.filter(pk=b.pk).update(session=first)
+    errors: list[Exception] = []
+
+    def claim(call: Call, session: PaymentSession) -> None:
+        try:
+            Call(pk=call.pk).claim_session(session.pk)
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    for _ in range(20):  # a deadlock needs the two to interleave: try many times
+        threads = [threading.Thread(target=claim, args=args) for args in ((a, first), (b, second))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        Call.objects.filter(pk=a.pk).update(session=second)
+        Call.objects.filter(pk=b.pk).update(session=first)
+    assert errors == []
+
+
+def test_a_call_linked_on_hold_keeps_a_barging_supervisor_off_the_caller(alpha, worker):
+    session = card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, call)
+        await event(worker, call, "hold")
+        await link(worker, call, session)
+        worker._tick_once()
+        return worker.relay.calls[str(call.pk)].session_open
+
+    assert run(scenario) is True
+
+
+def test_a_repeated_link_keeps_the_start_of_the_secured_time(alpha, worker, hub):
+    session = card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, call)
+        await link(worker, call, session)  # secured at 0 s
+        worker.relay.calls[str(call.pk)].caller.timeline.next_position = 5 * SAMPLE_RATE
+        await link(worker, call, session)  # the CTI retries the link at 5 s
+        await caller_keys(worker, call, "4", start_ms=4_950)  # pressed at 4.95 s
+
+    run(scenario)
+    assert pan_length(hub, session) == 1

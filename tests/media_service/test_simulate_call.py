@@ -4,6 +4,10 @@ command (MEDIA_WORKER_MODE=inprocess, in-memory channel layer, no Redis)."""
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 from django.core.management import call_command
@@ -13,6 +17,8 @@ from securepay.live import hub
 from securepay.models import BreakReason, PaymentSession
 from securepay.vault import generate_key, get_vault
 from tenants.models import PageTemplate
+from tests.media_service.conftest import ROOT, database_url, wait_until
+from tests.support import require_tcp
 
 
 @pytest.fixture(autouse=True)
@@ -78,3 +84,24 @@ def test_hangup_is_handled_by_the_commands_worker_before_it_stops(alpha):
     assert call.state == CallState.ENDED and call.end_reason == EndReason.HANGUP
     session.refresh_from_db()
     assert not session.is_secured and session.break_reason == BreakReason.HANGUP
+
+
+def test_a_stopped_command_hangs_up_its_call(alpha, vault_key):
+    """SIGTERM (kill, systemd, docker stop) mid-call: the call is hung up, the session not left secured."""
+    require_tcp("127.0.0.1", 6379, "Redis")
+    session = open_session(alpha)
+    env = {**os.environ, "MEDIA_WORKER_MODE": "inprocess", "VAULT_KEY": vault_key, "DATABASE_URL": database_url()}
+    command = [sys.executable, "manage.py", "simulate_call", "--code", session.code, "--keys", "4" * 64]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_until(lambda: PaymentSession.objects.get(pk=session.pk).is_secured, 30, "the call to be secured")
+        process.send_signal(signal.SIGTERM)
+        output = process.communicate(timeout=20)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 1 and "stopped (SIGTERM): the call was hung up" in output
+    call = Call.objects.get(reference="simulate_call")
+    assert call.state == CallState.ENDED and call.end_reason == EndReason.HANGUP
+    assert not PaymentSession.objects.get(pk=session.pk).is_secured

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
 import time
 import uuid
 
@@ -68,7 +69,10 @@ class Command(OperatorCommand):
             raise self.fail(f"no open session with code {code}" if not tenant_ids else "several tenants: give --tenant")
         call_tenant = Tenant.objects.get(pk=tenant_ids.pop())
         worker = MediaWorker(f"simulate-{uuid.uuid4().hex[:12]}") if settings.MEDIA_WORKER_MODE == "inprocess" else None
-        call, heard, stats = asyncio.run(self._run(worker, call_tenant, code, keys, mode, codec, hangup))
+        try:
+            call, heard, stats = asyncio.run(self._run(worker, call_tenant, code, keys, mode, codec, hangup))
+        except asyncio.CancelledError:
+            raise self.fail("stopped (SIGTERM)" + (": the call was hung up" if worker else "")) from None
         if record:
             write_wav(record, heard)
         self.stdout.write(
@@ -78,6 +82,9 @@ class Command(OperatorCommand):
 
     async def _run(self, worker, tenant, code, keys, mode, codec, hangup) -> tuple[Call, np.ndarray, dict]:
         worker_task = asyncio.create_task(worker.run()) if worker else None
+        # A stop (SIGTERM: kill, systemd, docker) cancels the run, so the `finally` below
+        # still hangs up: the call must not stay secured with nobody relaying it.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
         call = None
         try:
             if worker:
