@@ -348,6 +348,11 @@ class CallAudioBatch:
     def pending(self) -> bool:
         return bool(self._callers or self._agents)
 
+    @property
+    def full_push_queued(self) -> bool:
+        """Enough callers queued for a whole push: masking them now costs no more per call."""
+        return len(self._callers) >= MAX_ROWS_PER_PUSH
+
     def add_call(self, call: Call, mask_mode: str) -> None:
         call.mask_slot = self.masker.add_stream(mode=mask_mode)
         if self._free_detector_slots:

@@ -10,7 +10,8 @@ Why not one asyncio DatagramProtocol per leg: at hundreds of calls the
 per-datagram callback machinery costs more than the masking. Instead all leg
 sockets sit in one epoll set whose descriptor the event loop watches; each
 time it is readable the relay reads what every ready socket holds, then masks
-the caller audio of all those calls in one batch (`relay.audio`, a
+the caller audio of all those calls in one batch (after a busy spell, a push at
+a time as soon as one is full) (`relay.audio`, a
 `CallAudioBatch`: build calls with `Call(..., audio=relay.audio)`) and sends
 the results. A busy worker thus spends its time in numpy, and an idle one
 still sends each packet on as soon as it arrives.
@@ -167,6 +168,10 @@ class Relay:
                 entry.call.dropped["socket_error"] = entry.call.dropped.get("socket_error", 0) + 1
                 continue
             self.on_datagram(entry.call, entry.leg, data, addr, now)
+            if self.audio.full_push_queued:
+                # A backlog (the loop was busy): mask and send what is read so far before
+                # reading on, so the first packets do not wait for the last of hundreds.
+                self.flush()
         if self.audio.pending and self._flush_timer is None:
             due = self._last_flush + BATCH_INTERVAL_S
             if now >= due:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import numpy as np
 
-from media.calls import Call
+from media.calls import MAX_ROWS_PER_PUSH, Call
 from media.codecs import ulaw_decode
 from media.dtmf import detect
 from media.relay import Relay
@@ -143,3 +144,34 @@ def test_a_call_over_ipv6_latches_its_phones_and_relays():
     call, heard = asyncio.run(scenario())
     assert len(heard) == 10 and call.dropped == {}
     assert call.caller.peer[0] == call.agent.peer[0] == "::1"
+
+
+def test_a_backlog_is_masked_and_sent_a_full_push_at_a_time_while_reading():
+    """After a busy spell hundreds of packets wait: the first ones go out as soon as a
+    whole push is read, not after the last one."""
+
+    async def scenario():
+        relay = Relay(lambda call, received: None)
+        calls = [await open_call(relay, str(index)) for index in range(130)]
+        caller = phone()
+        packet = caller_packets("1")[0][0][1]
+        for _call, caller_at, _agent_at in calls:
+            caller.sendto(packet, caller_at)
+        time.sleep(0.1)  # they all arrive while the event loop is busy elsewhere
+        queued_at_flush: list[int] = []
+        flush = relay.flush
+
+        def counting_flush() -> None:
+            queued_at_flush.append(len(relay.audio._callers))
+            flush()
+
+        relay.flush = counting_flush
+        relay._on_ready()
+        left = len(relay.audio._callers)
+        relay.close()
+        caller.close()
+        return queued_at_flush, left
+
+    queued_at_flush, left = asyncio.run(scenario())
+    assert queued_at_flush == [MAX_ROWS_PER_PUSH, MAX_ROWS_PER_PUSH]
+    assert left == 2  # the rest waits for the batch interval, as any packets read then
