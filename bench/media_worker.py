@@ -47,7 +47,7 @@ from media.relay import Relay, tune_gc_for_relaying  # noqa: E402
 from media.softphone import caller_packets, keypad_audio, silence_packets  # noqa: E402
 
 KEYS = "4242424242424242#1228123"
-STEPS = (25, 50, 100, 150, 200, 250, 300, 350, 400, 500, 600, 800, 1000)
+STEPS = (25, 50, 100, 150, 175, 200, 225, 250, 300, 350, 400, 500, 600, 800, 1000)
 TARGET_CALLS = 500
 DELAY_BUDGET_MS = 40.0
 GENERATOR_LATE_MS = 5.0  # p99 send lateness above this: the step measured the generator
