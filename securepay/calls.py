@@ -76,8 +76,8 @@ class Call(models.Model):
 
     def claim_session(self, session_id) -> list[Call]:
         """Link this call to the session; its other live calls lose it (one live call per
-        session: a call the agent left must neither secure it nor key into it), and the
-        workers of those calls are told (`call.unlink`). Returns the calls that lost it.
+        session: a call the agent left must neither secure it nor key into it), and their
+        workers are told (`call.unlink`). Returns the calls that lost it.
         Raises CallNotLive when this call has ended (a hang-up may have come first)."""
         with transaction.atomic():
             PaymentSession.objects.select_for_update().get(pk=session_id)  # one claim of a session at a time
@@ -96,8 +96,9 @@ class Call(models.Model):
             Call.objects.filter(pk=self.pk).update(session_id=session_id)
             self.session_id = session_id
             for other in others:
-                if other.worker_id != mine.worker_id:  # a worker holding both calls sorts it out itself
-                    tell_worker(other, {"type": "call.unlink", "session": str(session_id)})
+                # Also on this call's own worker: its call.link may never be handled (this call
+                # hung up, or failed to bind, first), and the other call must lose the session anyway.
+                tell_worker(other, {"type": "call.unlink", "session": str(session_id)})
         return others
 
 

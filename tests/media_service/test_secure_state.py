@@ -20,6 +20,7 @@ from media import calls as media_calls
 from media import service
 from media.dtmf import SAMPLE_RATE, KeyPress
 from media.service import MediaWorker
+from securepay import calls as calls_module
 from securepay.calls import Call, CallNotLive, CallState, link_call, start_call
 from securepay.live import MediaHub
 from securepay.models import BreakReason, IllegalTransition, PaymentSession, SecureState
@@ -494,3 +495,64 @@ def test_a_repeated_link_keeps_the_start_of_the_secured_time(alpha, worker, hub)
 
     run(scenario)
     assert pan_length(hub, session) == 1
+
+
+# --- both calls on one worker (found by a third review) ------------------------------------
+@pytest.fixture
+def unlinks(monkeypatch) -> list[dict]:
+    """The call.unlink messages the claims send, to be delivered by the test."""
+    sent: list[dict] = []
+    tell = calls_module.tell_worker
+
+    def recording(call: Call, message: dict) -> None:
+        if message["type"] == "call.unlink":
+            sent.append({**message, "call": str(call.pk)})
+        tell(call, message)
+
+    monkeypatch.setattr(calls_module, "tell_worker", recording)
+    return sent
+
+
+def test_a_call_that_claimed_the_session_then_hung_up_leaves_it_to_nobody(alpha, worker, hub, unlinks):
+    session = card_entry_session(alpha)
+    old, new = start_call(alpha.tenant), start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, old, new)
+        await link(worker, old, session)
+        await api_link(new, session)  # the row was still live: the claim succeeds ...
+        for message in unlinks:
+            await worker._handle_message(message)
+        await event(worker, new, "hangup")  # ... but the worker handles its hang-up first
+        await worker._handle_message({"type": "call.link", "call": str(new.pk), "session": str(session.pk)})
+        await caller_keys(worker, old, "4242")
+
+    run(scenario)
+    assert secure_state(session)[0] == SecureState.UNSECURED
+    assert pan_length(hub, session) == 0
+
+
+def test_a_call_that_claimed_the_session_then_failed_to_bind_leaves_it_to_nobody(alpha, worker, hub, unlinks):
+    session = card_entry_session(alpha)
+    old = start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, old)
+        await link(worker, old, session)
+        new = await database_sync_to_async(start_call)(alpha.tenant)
+        await api_link(new, session)  # linked before its worker handled call.start
+        for message in unlinks:
+            await worker._handle_message(message)
+
+        async def port_taken(*args, **kwargs):
+            raise OSError("address in use")
+
+        worker.relay.open_leg = port_taken
+        await worker._start_call(str(new.pk))  # the row ends; the call never reaches the worker
+        del worker.relay.open_leg
+        await worker._handle_message({"type": "call.link", "call": str(new.pk), "session": str(session.pk)})
+        await caller_keys(worker, old, "4242")
+
+    run(scenario)
+    assert secure_state(session)[0] == SecureState.UNSECURED
+    assert pan_length(hub, session) == 0
