@@ -100,6 +100,9 @@ MIX_LIMIT_SAMPLES = 1600  # 200 ms of queued audio to mix in; older is dropped (
 # the secondary audio is sent on its own so the listener still hears it.
 MIX_STANDALONE_SAMPLES = 800  # 100 ms: more than network jitter between the two streams
 RTCP_INTERVAL_S = 5.0
+# A phone that switched streams (re-INVITE, transfer) may still have packets of the old one
+# in flight: for this long they are dropped rather than taken for a switch back.
+STRAGGLER_S = 0.5
 NTP_EPOCH_OFFSET = 2_208_988_800
 
 
@@ -232,6 +235,8 @@ class Leg:
         self.mode = mode
         self.peer: tuple[str, int] | None = None
         self.ssrc: int | None = None  # of the inbound stream
+        self.previous_ssrc: int | None = None  # the stream it replaced ...
+        self.ssrc_since = 0.0  # ... when (monotonic s)
         self.stats: ReceptionStats | None = None  # of the inbound stream, for our RTCP report blocks
         self.reorder = ReorderBuffer()
         self.timeline = InboundTimeline()
@@ -528,13 +533,16 @@ class Call:
         if packet.payload_type == self.codec.payload_type and not 0 < len(packet.payload) <= MAX_AUDIO_SAMPLES:
             self._drop("oversized" if packet.payload else "short")
             return out
-        self.last_activity = now
-        leg.received += 1
         if packet.ssrc != leg.ssrc:
+            if packet.ssrc == leg.previous_ssrc and now - leg.ssrc_since < STRAGGLER_S:
+                self._drop("old_stream")  # late packets of the stream the phone just replaced
+                return out
             if leg.ssrc is not None:
                 self._new_inbound_stream(leg, packet)
-            leg.ssrc = packet.ssrc
+            leg.previous_ssrc, leg.ssrc, leg.ssrc_since = leg.ssrc, packet.ssrc, now
             leg.stats = ReceptionStats(packet.ssrc, packet.sequence)
+        self.last_activity = now
+        leg.received += 1
         audio = packet.payload_type == self.codec.payload_type
         leg.stats.packet(packet.sequence, packet.timestamp, now if audio else None, SAMPLE_RATE)
         for ordered in leg.reorder.push(packet):

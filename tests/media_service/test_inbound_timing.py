@@ -171,3 +171,24 @@ def test_an_empty_audio_payload_is_dropped_as_short():
     caller.audio()
     assert call.dropped == {"short": 1}
     assert [len(p) for p in caller.heard["agent"]] == [160]
+
+
+def test_late_packets_of_a_replaced_stream_do_not_switch_it_back():
+    call = Call("c1")
+    caller = Phone(call, "caller", ssrc=0x1111)
+    for _ in range(5):
+        caller.audio()
+    straggler = RtpPacket(0, 5, caller.timestamp, 0x1111, SILENCE).build()
+    caller.ssrc, caller.sequence = 0x2222, 9000  # a re-INVITE: the phone's new stream
+    caller.audio()
+    call.receive(call.caller, straggler, caller.now)  # the old stream's last packet, late
+    for _ in range(4):
+        caller.audio()
+    assert call.dropped == {"old_stream": 1}
+    assert call.caller.ssrc == 0x2222
+    stamps = [len(p) for p in caller.heard["agent"]]
+    assert stamps == [160] * 10  # every packet of both streams relayed once, none lost to a switch back
+    caller.now += 1.0  # long after the switch, the old SSRC is a new stream again (a phone going back)
+    caller.ssrc = 0x1111
+    caller.audio()
+    assert call.caller.ssrc == 0x1111 and call.dropped == {"old_stream": 1}
