@@ -290,6 +290,12 @@ class KeySource:
         done = self.tracker.feed(packet.timestamp, packet.marker, packet.payload)
         return self.accept(done), self.tracker.active_start_ms
 
+    def abandon_press(self) -> str | None:
+        """The RFC 4733 press in progress began before now and must not count (the call was
+        not secured yet): its digit, if any. Positions alone cannot tell: with no audio
+        flowing (events only, silence suppression) the timeline stands still."""
+        return None if self.tracker is None else self.tracker.abandon()
+
     def expire(self, position_ms: float) -> list[KeyPress]:
         """The press in progress, if its packets stopped (end packets lost) by position_ms."""
         if self.tracker is None or not self.tracker.pressing:

@@ -131,6 +131,15 @@ class EventTracker:
             return [self._finish()]
         return []
 
+    def abandon(self) -> str | None:
+        """Never report the press in progress (its later packets are ignored too); its digit."""
+        if self._open is None:
+            return None
+        digit = self._open.digit
+        self._done = (self._done + [self._open.timestamp])[-16:]
+        self._open = None
+        return digit
+
     def flush(self) -> list[KeyPress]:
         """End of stream: close the open press, if any."""
         return [self._finish()] if self._open is not None else []

@@ -258,6 +258,9 @@ class MediaWorker:
         link.linked = True
         if not link.on_hold and not already_secured:
             link.secured_from_ms = position_ms
+            held_through = call.caller_keys.abandon_press()  # pressed before: refused (and counted)
+            if held_through in CAPTURE_KEYS:
+                self._jobs.put_nowait(self._refuse(session_id, held_through))
         call.session_open = True
         call.listen_for_agent_code = False
 
@@ -402,6 +405,9 @@ class MediaWorker:
         for press in presses:
             accepted = secured and press.start_ms >= link.secured_from_ms
             await database_sync_to_async(self.hub.press_key)(session_id, press.digit, accepted)
+
+    async def _refuse(self, session_id: str, digit: str) -> None:
+        await database_sync_to_async(self.hub.press_key)(session_id, digit, False)
 
     async def _agent_code(self, call_id: str, code: str) -> None:
         link = self.links.get(call_id)

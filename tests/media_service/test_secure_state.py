@@ -19,6 +19,8 @@ from django.db import connection
 from media import calls as media_calls
 from media import service
 from media.dtmf import SAMPLE_RATE, KeyPress
+from media.rfc4733 import build_event
+from media.rtp import RtpPacket
 from media.service import MediaWorker
 from securepay import calls as calls_module
 from securepay.calls import Call, CallNotLive, CallState, link_call, start_call
@@ -556,3 +558,31 @@ def test_a_call_that_claimed_the_session_then_failed_to_bind_leaves_it_to_nobody
     run(scenario)
     assert secure_state(session)[0] == SecureState.UNSECURED
     assert pan_length(hub, session) == 0
+
+
+def test_an_event_press_held_through_an_unhold_is_refused_even_with_no_audio_flowing(alpha, worker, hub):
+    """A phone sending RFC 4733 events and no audio (silence suppression): the caller's
+    timeline stands still, so positions cannot tell when a press began."""
+    session = card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+    sequence = iter(range(100, 200))
+
+    def press(relayed: media_calls.Call, digit: str, timestamp: int, frames: range, end: bool) -> None:
+        for frame in frames:
+            packet = RtpPacket(101, next(sequence), timestamp, 0x77, build_event(digit, 160 * (frame + 1), end=end))
+            worker._on_keys(relayed, relayed.receive(relayed.caller, packet.build(), 1.0 + frame / 50))
+
+    async def scenario():
+        await start(worker, call)
+        await link(worker, call, session)
+        relayed = worker.relay.calls[str(call.pk)]
+        await event(worker, call, "hold")
+        press(relayed, "4", 8000, range(0, 3), end=False)  # pressed on hold ...
+        await event(worker, call, "unhold")
+        press(relayed, "4", 8000, range(3, 6), end=True)  # ... released after the unhold
+        press(relayed, "2", 16000, range(0, 4), end=True)  # a press after it
+        await drain(worker)
+
+    run(scenario)
+    state = hub._captures[str(session.pk)].state()
+    assert state["fields"]["pan"]["length"] == 1 and state["rejected_keys"] == 1
