@@ -270,7 +270,11 @@ class MediaWorker:
     def _held_by(self, call_id: str) -> Callable[[PaymentSession], bool]:
         """Whether the call still holds the session, asked under the session's row lock
         (which every claim takes): a claim cannot slip in between."""
-        return lambda session: CallRow.objects.filter(pk=call_id, session_id=session.pk, state=CallState.LIVE).exists()
+        return lambda session: self._holds(call_id, session.pk)
+
+    @staticmethod
+    def _holds(call_id: str, session_id) -> bool:
+        return CallRow.objects.filter(pk=call_id, session_id=session_id, state=CallState.LIVE).exists()
 
     async def _unlink(self, call_id: str, session_id: str) -> None:
         """A call of another worker took the session."""
@@ -401,6 +405,10 @@ class MediaWorker:
         link = self.links.get(call_id)
         if link is None or link.session_id != session_id:
             return  # the call lost the session before its keys got here: another call keys into it now
+        if not await database_sync_to_async(self._holds)(call_id, session_id):
+            # Another call claimed it and this worker has not heard yet (call.unlink is on its way).
+            self._drop_session(call_id)
+            return
         secured = link.linked and not link.on_hold
         for press in presses:
             accepted = secured and press.start_ms >= link.secured_from_ms

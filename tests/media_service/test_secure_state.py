@@ -586,3 +586,20 @@ def test_an_event_press_held_through_an_unhold_is_refused_even_with_no_audio_flo
     run(scenario)
     state = hub._captures[str(session.pk)].state()
     assert state["fields"]["pan"]["length"] == 1 and state["rejected_keys"] == 1
+
+
+def test_keys_of_a_call_whose_session_was_just_claimed_elsewhere_are_dropped(alpha, two_workers):
+    one, two = two_workers
+    session = card_entry_session(alpha)
+    old, new = start_call(alpha.tenant, worker_id="w-one"), start_call(alpha.tenant, worker_id="w-two")
+
+    async def scenario():
+        await start(one, old)
+        await start(two, new)
+        await link(one, old, session)
+        await api_link(new, session)  # committed; worker one has not handled the unlink yet
+        await caller_keys(one, old, "4242")
+
+    run(scenario)
+    assert pan_length(one.hub, session) == 0
+    assert one.links[str(old.pk)].session_id is None
