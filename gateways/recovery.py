@@ -14,6 +14,9 @@ database rows say what is unfinished, so a periodic sweep (Celery beat, cron:
   enqueueing the same try again). Receivers de-duplicate by event id.
 - refunds still `pending` (outcome unknown): the gateway is asked with the
   refund's key and the refund settled; no record there releases the amount.
+- calls of media workers gone for good (no sign of life for
+  MEDIA_WORKER_LOST_SECONDS): ended, their sessions unsecured (a worker that
+  restarts under its id recovers its own calls; one that never does cannot).
 
 Under eager Celery (the demo: no broker, no beat) nothing else ever sends a
 webhook's next try, so the Daphne process runs this sweep in a thread
@@ -37,6 +40,7 @@ from gateways import refunds
 from gateways.config import WEBHOOK_MAX_TRIES
 from gateways.models import Refund, RefundStatus, WebhookDelivery
 from gateways.tasks import charge_attempt, deliver_webhook
+from securepay.calls import end_calls_of_lost_workers
 from securepay.models import AttemptStatus, PaymentAttempt
 
 logger = logging.getLogger(__name__)
@@ -47,16 +51,22 @@ class Recovered:
     attempts: int
     webhooks: int
     refunds: int
+    calls: int = 0  # of media workers gone for good
 
     def __str__(self) -> str:
         return (f"requeued {self.attempts} payment attempt(s), {self.webhooks} webhook delivery(ies); "
-                f"settled {self.refunds} refund(s)")
+                f"settled {self.refunds} refund(s); ended {self.calls} call(s) of lost media workers")
 
 
 def recover_stuck_work(now: datetime | None = None) -> Recovered:
     """One sweep over every tenant's unfinished work."""
-    recovered = Recovered(requeue_stale_attempts(now), requeue_due_webhooks(now), reconcile_pending_refunds(now))
-    if recovered.attempts or recovered.webhooks or recovered.refunds:
+    recovered = Recovered(
+        requeue_stale_attempts(now),
+        requeue_due_webhooks(now),
+        reconcile_pending_refunds(now),
+        end_calls_of_lost_workers(now),
+    )
+    if recovered.attempts or recovered.webhooks or recovered.refunds or recovered.calls:
         logger.warning("recovery sweep: %s", recovered)
     return recovered
 

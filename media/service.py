@@ -59,7 +59,7 @@ from media.capture import CLEAR_KEY, DIGITS, END_KEY
 from media.dtmf import SAMPLE_RATE, KeyPress
 from media.relay import Relay
 from securepay.calls import Call as CallRow
-from securepay.calls import CallNotLive, CallState, EndReason
+from securepay.calls import CallNotLive, CallState, EndReason, MediaWorkerBeat
 from securepay.live import MediaHub, hub
 from securepay.models import BreakReason, IllegalTransition, PaymentSession
 from securepay.vault import get_vault
@@ -77,6 +77,7 @@ CALL_EVENTS = (*CALL_BREAKS, "unhold")
 CAPTURE_KEYS = DIGITS | {CLEAR_KEY, END_KEY}
 CODE_LENGTH = 4
 TICK_S = 0.5
+BEAT_TICKS = 10  # a sign of life every 5 s (the recovery sweep ends calls of workers silent for long)
 
 
 def worker_group(worker_id: str) -> str:
@@ -121,6 +122,7 @@ class MediaWorker:
         self.relay = Relay(self._on_keys)
         self.links: dict[str, CallLink] = {}
         self._jobs: asyncio.Queue = asyncio.Queue()
+        self._ticks = 0
         self.ready = asyncio.Event()
 
     # --- running ------------------------------------------------------------
@@ -149,6 +151,7 @@ class MediaWorker:
     def recover(self) -> None:
         """A previous run's live calls are gone: end them, unsecure their open sessions
         and every session it had secured (the API may have moved a row to another session)."""
+        MediaWorkerBeat.beat(self.worker_id)  # alive: the recovery sweep leaves its calls alone
         lost: set[str] = set()
         for row in CallRow.objects.filter(worker_id=self.worker_id, state=CallState.LIVE).select_related("session"):
             row.end(EndReason.WORKER_RESTART)
@@ -179,6 +182,9 @@ class MediaWorker:
                 logger.exception("media worker %s: tick failed", self.worker_id)
 
     def _tick_once(self) -> None:
+        self._ticks += 1
+        if self._ticks % BEAT_TICKS == 0:
+            self._jobs.put_nowait(database_sync_to_async(MediaWorkerBeat.beat)(self.worker_id))
         self.relay.send_reports()
         started = {call_id: link.started for call_id, link in self.links.items()}
         for call_id in self.relay.idle_calls(self.rtp_timeout_s, started):

@@ -8,15 +8,17 @@ is ever stored here.
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from securepay.models import PaymentSession
+from securepay.models import BreakReason, PaymentSession, SecureState
 from tenants.models import Tenant, TenantScopedManager
 
 
@@ -30,6 +32,10 @@ class EndReason(models.TextChoices):
     RTP_TIMEOUT = "rtp_timeout", _("No RTP for too long")
     WORKER_RESTART = "worker_restart", _("Media worker restarted")
     BIND_FAILED = "bind_failed", _("Media worker could not open the ports")
+    WORKER_LOST = "worker_lost", _("Media worker gone")
+
+
+logger = logging.getLogger(__name__)
 
 
 class NoFreePort(Exception):
@@ -104,6 +110,54 @@ class Call(models.Model):
 
 class CallNotLive(Exception):
     """The call has ended: it cannot take a session."""
+
+
+class MediaWorkerBeat(models.Model):
+    """A media worker's last sign of life. A worker that stops and never comes back under
+    its id cannot recover its own calls: the recovery sweep ends them instead."""
+
+    worker_id = models.CharField(max_length=64, primary_key=True)
+    seen_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"media worker {self.worker_id} (seen {self.seen_at:%Y-%m-%d %H:%M:%S})"
+
+    @classmethod
+    def beat(cls, worker_id: str) -> None:
+        cls.objects.update_or_create(worker_id=worker_id, defaults={"seen_at": timezone.now()})
+
+
+def end_calls_of_lost_workers(now: datetime | None = None) -> int:
+    """The recovery sweep's part for media workers silent for MEDIA_WORKER_LOST_SECONDS:
+    their live calls end (`worker_lost`), and every open session such a worker had
+    secured, or one of its calls held, is unsecured (`link_lost`) and its card dropped
+    from the vault - never silently secure with nobody relaying the call. Returns the
+    number of calls ended."""
+    from securepay.live import broadcast_session_state
+    from securepay.vault import get_vault
+
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.MEDIA_WORKER_LOST_SECONDS)
+    alive = set(MediaWorkerBeat.objects.filter(seen_at__gte=cutoff).values_list("worker_id", flat=True))
+    calls = list(
+        Call.objects.filter(state=CallState.LIVE, created_at__lt=cutoff).exclude(worker_id__in=alive)
+    )  # a call younger than the cutoff may belong to a worker that is just starting
+    lost = {call.worker_id for call in calls}
+    secured = PaymentSession.objects.open().filter(secure_state=SecureState.SECURED).exclude(secured_by="")
+    lost |= set(secured.exclude(secured_by__in=alive).values_list("secured_by", flat=True))
+    session_ids = {call.session_id for call in calls if call.session_id} | set(
+        secured.filter(secured_by__in=lost).values_list("pk", flat=True)
+    )
+    for call in calls:
+        call.end(EndReason.WORKER_LOST)
+    for session in PaymentSession.objects.open().filter(pk__in=session_ids):
+        # Under the row lock: a live worker may have secured it for a call of its own since.
+        if session.mark_unsecured(BreakReason.LINK_LOST, "recovery", only_if=lambda s: s.secured_by in lost | {""}):
+            broadcast_session_state(session)
+        get_vault().discard(session.pk)
+    if lost:
+        logger.warning("media workers %s gone: %d call(s) ended", ", ".join(sorted(lost)), len(calls))
+    return len(calls)
 
 
 def ports_in_use(worker_id: str) -> set[int]:

@@ -262,6 +262,9 @@ MEDIA_RTP_PORT_MAX = envint("MEDIA_RTP_PORT_MAX", 49999)
 # long a call may go without RTP before it is torn down and its session unsecured.
 MEDIA_WORKER_ID = envstr("MEDIA_WORKER_ID", "main")
 MEDIA_RTP_TIMEOUT_SECONDS = envint("MEDIA_RTP_TIMEOUT_SECONDS", 30)
+# A media worker that has not signed of life for this long is gone: the recovery sweep
+# ends its calls and unsecures its sessions (workers beat every few seconds).
+MEDIA_WORKER_LOST_SECONDS = envint("MEDIA_WORKER_LOST_SECONDS", 60)
 # The keypad simulator stands in for a phone; it is never routed in production.
 # Never in production, whatever the environment says: it types digits into sessions.
 KEYPAD_SIMULATOR_ENABLED = DEBUG and envbool("KEYPAD_SIMULATOR_ENABLED", True)

@@ -277,7 +277,10 @@ def test_management_command_prints_what_it_recovered(alpha, django_capture_on_co
     out = StringIO()
     with django_capture_on_commit_callbacks(execute=True):
         call_command("recover_stuck_work", stdout=out)
-    assert out.getvalue().strip() == "requeued 1 payment attempt(s), 0 webhook delivery(ies); settled 0 refund(s)"
+    assert out.getvalue().strip() == (
+        "requeued 1 payment attempt(s), 0 webhook delivery(ies); settled 0 refund(s); "
+        "ended 0 call(s) of lost media workers"
+    )
     assert sandbox.charges_count() == 1
 
 

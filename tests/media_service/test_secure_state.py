@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
+from django.utils import timezone
 
+from gateways.recovery import recover_stuck_work
 from media import calls as media_calls
 from media import service
 from media.dtmf import SAMPLE_RATE, KeyPress
@@ -23,7 +26,7 @@ from media.rfc4733 import build_event
 from media.rtp import RtpPacket
 from media.service import MediaWorker
 from securepay import calls as calls_module
-from securepay.calls import Call, CallNotLive, CallState, link_call, start_call
+from securepay.calls import Call, CallNotLive, CallState, EndReason, MediaWorkerBeat, link_call, start_call
 from securepay.live import MediaHub
 from securepay.models import BreakReason, IllegalTransition, PaymentSession, SecureState
 
@@ -329,6 +332,7 @@ def test_a_failing_tick_does_not_stop_the_ticking(worker, monkeypatch):
         task = asyncio.create_task(worker._tick())
         await asyncio.sleep(0.2)
         task.cancel()
+        await drain(worker)  # the signs of life the ticks queued
 
     run(scenario)
     assert len(ticks) > 2
@@ -603,3 +607,42 @@ def test_keys_of_a_call_whose_session_was_just_claimed_elsewhere_are_dropped(alp
     run(scenario)
     assert pan_length(one.hub, session) == 0
     assert one.links[str(old.pk)].session_id is None
+
+
+# --- workers gone for good --------------------------------------------------------------
+def test_the_sweep_ends_the_calls_of_a_worker_gone_for_good_and_unsecures_its_sessions(alpha, settings):
+    settings.MEDIA_WORKER_LOST_SECONDS = 60
+    long_ago = timezone.now() - timedelta(minutes=5)
+    held, secured_only, kept = card_entry_session(alpha), card_entry_session(alpha), card_entry_session(alpha)
+    held.mark_secured("test", "gone")
+    secured_only.mark_secured("test", "gone-too")  # its call already ended, the worker never came back
+    kept.mark_secured("test", "alive")
+    MediaWorkerBeat.beat("alive")
+    gone_call = start_call(alpha.tenant, worker_id="gone")
+    alive_call = start_call(alpha.tenant, worker_id="alive")
+    young_call = start_call(alpha.tenant, worker_id="starting")  # its worker has not signed yet
+    Call.objects.filter(pk=gone_call.pk).update(session=held)
+    Call.objects.filter(pk=alive_call.pk).update(session=kept)
+    Call.objects.filter(pk__in=[gone_call.pk, alive_call.pk]).update(created_at=long_ago)
+
+    assert recover_stuck_work().calls == 1
+
+    gone_call.refresh_from_db()
+    assert (gone_call.state, gone_call.end_reason) == (CallState.ENDED, EndReason.WORKER_LOST)
+    assert secure_state(held) == (SecureState.UNSECURED, BreakReason.LINK_LOST)
+    assert secure_state(secured_only) == (SecureState.UNSECURED, BreakReason.LINK_LOST)
+    assert secure_state(kept) == (SecureState.SECURED, "")
+    assert Call.objects.get(pk=alive_call.pk).is_live and Call.objects.get(pk=young_call.pk).is_live
+
+
+def test_a_worker_signs_of_life_when_it_starts_and_while_it_runs(worker):
+    worker.recover()
+    first = MediaWorkerBeat.objects.get(worker_id=WORKER_ID).seen_at
+
+    async def ticks():
+        for _ in range(service.BEAT_TICKS):
+            worker._tick_once()
+        await drain(worker)
+
+    run(ticks)
+    assert MediaWorkerBeat.objects.get(worker_id=WORKER_ID).seen_at > first
