@@ -10,8 +10,8 @@ the worker is subscribed before it reports ready, so no message falls in between
 
 * ``{"type": "call.start", "call": id}`` - bind the ports of the row, relay;
 * ``{"type": "call.link", "call": id, "session": sid}`` - the API checked the code;
-* ``{"type": "call.unlink", "call": id, "session": sid}`` - a call of another worker
-  took the session (one live call per session);
+* ``{"type": "call.unlink", "call": id, "session": sid}`` - another call claimed
+  the session (one live call per session);
 * ``{"type": "call.event", "call": id, "event": E, "supervisor": name|None}``,
   E one of hold, unhold, switch_line, monitor_stop, barge, hangup;
 * ``{"type": "call.supervisor", "call": id, "name": n, "mode": m|None}`` - add
@@ -283,7 +283,7 @@ class MediaWorker:
         return CallRow.objects.filter(pk=call_id, session_id=session_id, state=CallState.LIVE).exists()
 
     async def _unlink(self, call_id: str, session_id: str) -> None:
-        """A call of another worker took the session."""
+        """Another call (of this worker or another) claimed the session."""
         if self.links[call_id].session_id == session_id:
             self._drop_session(call_id)
             await database_sync_to_async(self._release_session)(session_id)
