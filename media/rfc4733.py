@@ -133,23 +133,23 @@ class EventTracker:
 
     def abandon(self) -> str | None:
         """Never report the press in progress (its later packets are ignored too); its digit."""
-        if self._open is None:
-            return None
-        digit = self._open.digit
-        self._done = (self._done + [self._open.timestamp])[-16:]
-        self._open = None
-        return digit
+        return None if self._open is None else self._close().digit
 
     def flush(self) -> list[KeyPress]:
         """End of stream: close the open press, if any."""
         return [self._finish()] if self._open is not None else []
 
     def _finish(self) -> KeyPress:
+        cur = self._close()
+        return KeyPress(cur.digit, cur.start_ms, cur.start_ms + self._ms(cur.duration))
+
+    def _close(self) -> _Open:
+        """Take the open press off; its later packets are ignored (recent timestamps only)."""
         cur = self._open
         assert cur is not None
         self._open = None
         self._done = (self._done + [cur.timestamp])[-16:]
-        return KeyPress(cur.digit, cur.start_ms, cur.start_ms + self._ms(cur.duration))
+        return cur
 
 
 def same_press(a: KeyPress, b: KeyPress, slack_ms: float = 20.0) -> bool:
