@@ -36,6 +36,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -70,10 +71,12 @@ class Codec:
     decode: Callable[[bytes | np.ndarray], np.ndarray]
     encode: Callable[[np.ndarray], np.ndarray]
 
-    @property
-    def silence(self) -> int:
-        """The code of a zero sample (what fills a gap before decoding)."""
-        return int(self.encode(np.zeros(1, dtype=np.int16))[0])
+    @cached_property
+    def silence(self) -> np.ndarray:
+        """Codes of MAX_GAP_SAMPLES zero samples: what fills a gap before decoding (shared, read-only)."""
+        codes = self.encode(np.zeros(MAX_GAP_SAMPLES, dtype=np.int16))
+        codes.flags.writeable = False
+        return codes
 
 
 CODECS = {
@@ -486,7 +489,6 @@ class Call:
         self.mask_slot: int | None = None
         self.detector_slot: int | None = None
         self.caller_audio, self.agent_audio = _Queued(np.uint8), _Queued(np.int16)
-        self._silence = np.full(MAX_GAP_SAMPLES, self.codec.silence, dtype=np.uint8)
         self.audio.add_call(self, mask_mode)
         self.dropped: dict[str, int] = {}
         self.last_activity: float | None = None
@@ -601,9 +603,7 @@ class Call:
             # noted at once, before audio still queued: the queued audio is masked too.
             if active_start is not None:
                 self.audio.masker.note_event(self.mask_slot, active_start, None)
-            for press in done:
-                self.audio.masker.note_event(self.mask_slot, press.start_ms, press.end_ms)
-            out.caller_keys += done
+            self._caller_event_presses(done, out)
             return
         codes = np.frombuffer(packet.payload, dtype=np.uint8)  # decoded with the whole batch
         _position, gap, skip = timeline.fit(packet.timestamp, codes.size, now)
@@ -611,13 +611,16 @@ class Call:
             codes = codes[skip:]  # overlap with audio already played: keep the new part
         if gap:  # lost packets: silence, in pieces of this packet's size (each goes out as a packet)
             for start in range(0, gap, codes.size):
-                self.audio.queue_caller(self, self._silence[: min(codes.size, gap - start)], False)
+                self.audio.queue_caller(self, self.codec.silence[: min(codes.size, gap - start)], False)
         if self.caller_keys.tracker is not None:
-            expired = self.caller_keys.expire(1000.0 * timeline.next_position / SAMPLE_RATE)
-            for press in expired:
-                self.audio.masker.note_event(self.mask_slot, press.start_ms, press.end_ms)
-            out.caller_keys += expired
+            self._caller_event_presses(self.caller_keys.expire(1000.0 * timeline.next_position / SAMPLE_RATE), out)
         self.audio.queue_caller(self, codes, packet.marker)
+
+    def _caller_event_presses(self, presses: list[KeyPress], out: Received) -> None:
+        """RFC 4733 presses the caller completed: their spans are masked, the keys reported."""
+        for press in presses:
+            self.audio.masker.note_event(self.mask_slot, press.start_ms, press.end_ms)
+        out.caller_keys += presses
 
     def deliver_masked(
         self,
