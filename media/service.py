@@ -62,7 +62,6 @@ from securepay.calls import Call as CallRow
 from securepay.calls import CallNotLive, CallState, EndReason, MediaWorkerBeat
 from securepay.live import MediaHub, hub
 from securepay.models import BreakReason, IllegalTransition, PaymentSession
-from securepay.vault import get_vault
 
 logger = logging.getLogger(__name__)
 
@@ -160,9 +159,7 @@ class MediaWorker:
         secured_here = PaymentSession.objects.open().filter(secured_by=self.worker_id).values_list("pk", flat=True)
         lost.update(str(pk) for pk in secured_here)
         for session_id in lost:
-            self.hub.break_link(session_id, BreakReason.LINK_LOST)
-            # Its card entry died with the previous run; the card must not outlive it.
-            get_vault().discard(session_id)
+            self.hub.lose_link(session_id)
 
     async def _serve_jobs(self) -> None:
         # One queue, one consumer: a call's messages and key presses keep their order.

@@ -18,7 +18,7 @@ from django.db import models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from securepay.models import BreakReason, PaymentSession, SecureState
+from securepay.models import PaymentSession, SecureState
 from tenants.models import Tenant, TenantScopedManager
 
 
@@ -133,8 +133,7 @@ def end_calls_of_lost_workers(now: datetime | None = None) -> int:
     secured, or one of its calls held, is unsecured (`link_lost`) and its card dropped
     from the vault - never silently secure with nobody relaying the call. Returns the
     number of calls ended."""
-    from securepay.live import broadcast_session_state
-    from securepay.vault import get_vault
+    from securepay.live import hub
 
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.MEDIA_WORKER_LOST_SECONDS)
@@ -150,11 +149,9 @@ def end_calls_of_lost_workers(now: datetime | None = None) -> int:
     )
     for call in calls:
         call.end(EndReason.WORKER_LOST)
-    for session in PaymentSession.objects.open().filter(pk__in=session_ids):
+    for session_id in session_ids:
         # Under the row lock: a live worker may have secured it for a call of its own since.
-        if session.mark_unsecured(BreakReason.LINK_LOST, "recovery", only_if=lambda s: s.secured_by in lost | {""}):
-            broadcast_session_state(session)
-        get_vault().discard(session.pk)
+        hub.lose_link(session_id, only_if=lambda s: s.secured_by in lost | {""}, actor="recovery")
     if lost:
         logger.warning("media workers %s gone: %d call(s) ended", ", ".join(sorted(lost)), len(calls))
     return len(calls)

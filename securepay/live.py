@@ -169,7 +169,13 @@ class MediaHub:
         broadcast_session_state(session)
         return True
 
-    def break_link(self, session_id, reason: str, only_if: Callable[[PaymentSession], bool] | None = None) -> None:
+    def break_link(
+        self,
+        session_id,
+        reason: str,
+        only_if: Callable[[PaymentSession], bool] | None = None,
+        actor: str = MEDIA_ACTOR,
+    ) -> None:
         """Hold, hang-up, ...: refuse digits first (fail closed), then record why
         (`only_if`: see PaymentSession.mark_unsecured). An ended session (its `end`
         command may have been lost) loses its card entry instead."""
@@ -182,12 +188,21 @@ class MediaHub:
             self.release(session_id)
             get_vault().discard(session_id)
             return
-        if session.mark_unsecured(reason, MEDIA_ACTOR, only_if=only_if):
+        if session.mark_unsecured(reason, actor, only_if=only_if):
             broadcast_session_state(session)
 
+    def lose_link(
+        self, session_id, only_if: Callable[[PaymentSession], bool] | None = None, actor: str = MEDIA_ACTOR
+    ) -> None:
+        """The worker of the session's call is gone (restarted, or lost for good): unsecured
+        (`link_lost`), and the card keyed on that call must not outlive the card entry that
+        died with it."""
+        self.break_link(session_id, BreakReason.LINK_LOST, only_if=only_if, actor=actor)
+        get_vault().discard(session_id)
+
     def release(self, session_id) -> None:
-        """A call of another worker took the session: refuse digits here and forget its card entry
-        (that worker records the secure state)."""
+        """Another call took the session: refuse digits here and forget its card entry
+        (the secure state is recorded by whoever secures it next)."""
         with self._lock:
             capture = self._captures.pop(str(session_id), None)
             if capture is not None:
