@@ -10,10 +10,10 @@ Why not one asyncio DatagramProtocol per leg: at hundreds of calls the
 per-datagram callback machinery costs more than the masking. Instead all leg
 sockets sit in one epoll set whose descriptor the event loop watches; each
 time it is readable the relay reads what every ready socket holds, then masks
-the caller audio of all those calls in one batch (after a busy spell, a push at
-a time as soon as one is full) (`relay.audio`, a
+the caller audio of all those calls in one batch (`relay.audio`, a
 `CallAudioBatch`: build calls with `Call(..., audio=relay.audio)`) and sends
-the results. A busy worker thus spends its time in numpy, and an idle one
+the results; after a busy spell, a push is masked and sent as soon as one is
+full, before the rest is read. A busy worker thus spends its time in numpy, and an idle one
 still sends each packet on as soon as it arrives.
 """
 

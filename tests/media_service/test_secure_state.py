@@ -93,6 +93,11 @@ async def link(worker: MediaWorker, call: Call, session: PaymentSession) -> None
     await worker._handle_message({"type": "call.link", "call": str(call.pk), "session": str(session.pk)})
 
 
+async def unlink(worker: MediaWorker, call: Call, session: PaymentSession) -> None:
+    """What the worker of a call that lost the session to another call is told."""
+    await worker._handle_message({"type": "call.unlink", "call": str(call.pk), "session": str(session.pk)})
+
+
 async def event(worker: MediaWorker, call: Call, name: str) -> None:
     await worker._handle_message({"type": "call.event", "call": str(call.pk), "event": name, "supervisor": None})
 
@@ -205,7 +210,7 @@ def test_unlink_from_another_worker_drops_the_session_and_its_keys(alpha, worker
     async def scenario():
         await start(worker, call)
         await link(worker, call, session)
-        await worker._handle_message({"type": "call.unlink", "call": str(call.pk), "session": str(session.pk)})
+        await unlink(worker, call, session)
         await caller_keys(worker, call, "42")
 
     run(scenario)
@@ -403,7 +408,7 @@ def test_an_unhold_of_the_call_that_lost_the_session_does_not_take_it_back(alpha
         await api_link(new, session)
         await link(two, new, session)
         await event(one, old, "unhold")  # before its unlink arrives
-        await one._handle_message({"type": "call.unlink", "call": str(old.pk), "session": str(session.pk)})
+        await unlink(one, old, session)
         await caller_keys(one, old, "42")
 
     run(scenario)
@@ -441,7 +446,7 @@ def test_a_worker_whose_call_lost_the_session_unsecures_what_it_had_secured(alph
         await event(two, new, "hold")
         await link(one, old, session)
         await api_link(new, session)  # worker two links it on hold: not secure until unhold
-        await one._handle_message({"type": "call.unlink", "call": str(old.pk), "session": str(session.pk)})
+        await unlink(one, old, session)
 
     run(scenario)
     state, _reason = secure_state(session)
