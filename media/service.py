@@ -48,18 +48,28 @@ import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from media import calls as media_calls
 from media.capture import CLEAR_KEY, DIGITS, END_KEY
 from media.dtmf import SAMPLE_RATE, KeyPress
 from media.relay import Relay
+from securepay.calls import (
+    BEAT_INTERVAL_S,
+    CallNotLive,
+    CallState,
+    EndReason,
+    MediaWorkerBeat,
+    WorkerUnavailable,
+    held_by_no_live_call,
+)
 from securepay.calls import Call as CallRow
-from securepay.calls import CallNotLive, CallState, EndReason, MediaWorkerBeat
 from securepay.live import MediaHub, hub
 from securepay.models import BreakReason, IllegalTransition, PaymentSession
 
@@ -76,7 +86,7 @@ CALL_EVENTS = (*CALL_BREAKS, "unhold")
 CAPTURE_KEYS = DIGITS | {CLEAR_KEY, END_KEY}
 CODE_LENGTH = 4
 TICK_S = 0.5
-BEAT_TICKS = 10  # a sign of life every 5 s (the recovery sweep ends calls of workers silent for long)
+BEAT_TICKS = round(BEAT_INTERVAL_S / TICK_S)  # the API and the recovery sweep go by these signs of life
 
 
 def worker_group(worker_id: str) -> str:
@@ -181,7 +191,7 @@ class MediaWorker:
     def _tick_once(self) -> None:
         self._ticks += 1
         if self._ticks % BEAT_TICKS == 0:
-            self._jobs.put_nowait(database_sync_to_async(MediaWorkerBeat.beat)(self.worker_id))
+            self._jobs.put_nowait(self._beat())
         self.relay.send_reports()
         started = {call_id: link.started for call_id, link in self.links.items()}
         for call_id in self.relay.idle_calls(self.rtp_timeout_s, started):
@@ -192,6 +202,28 @@ class MediaWorker:
             if call is not None and link.session_id and call.session_open:
                 # The session ended (agent, API): a barging supervisor may hear the caller again.
                 call.session_open = self.hub.is_linked(link.session_id)
+
+    async def _beat(self) -> None:
+        """A sign of life; calls of this worker it does not relay (their start message was
+        lost) end once they are older than the RTP timeout, as a silent call would."""
+        await database_sync_to_async(MediaWorkerBeat.beat)(self.worker_id)
+        for call_id in await database_sync_to_async(self._unrelayed_calls)():
+            await database_sync_to_async(self._end_unrelayed)(call_id)
+
+    def _unrelayed_calls(self) -> list[str]:
+        cutoff = timezone.now() - timedelta(seconds=self.rtp_timeout_s)
+        rows = CallRow.objects.filter(worker_id=self.worker_id, state=CallState.LIVE, created_at__lt=cutoff)
+        return [str(pk) for pk in rows.values_list("pk", flat=True) if str(pk) not in self.links]
+
+    def _end_unrelayed(self, call_id: str) -> None:
+        with transaction.atomic():
+            row = CallRow.objects.select_for_update().filter(pk=call_id, state=CallState.LIVE).first()
+            if row is None:
+                return
+            row.end(EndReason.RTP_TIMEOUT)
+        logger.warning("media worker %s: call %s was never relayed here: ended", self.worker_id, call_id)
+        if row.session_id is not None:
+            self.hub.lose_link(row.session_id, only_if=held_by_no_live_call)
 
     # --- control messages ------------------------------------------------------
     async def _handle_message(self, message: dict) -> None:
@@ -210,11 +242,16 @@ class MediaWorker:
             await self._supervisor(call_id, message["name"], message.get("mode"))
 
     async def _start_call(self, call_id: str) -> None:
-        row = await database_sync_to_async(CallRow.objects.filter(pk=call_id, state=CallState.LIVE).first)()
+        live = CallRow.objects.filter(pk=call_id, state=CallState.LIVE).select_related("tenant")
+        row = await database_sync_to_async(live.first)()
         if row is None or call_id in self.links:
             return
         call = media_calls.Call(
-            call_id, codec=row.codec, event_payload_type=row.event_payload_type, audio=self.relay.audio
+            call_id,
+            codec=row.codec,
+            event_payload_type=row.event_payload_type,
+            mask_mode=row.tenant.key_masking,  # fixed for the call: a change applies to later calls
+            audio=self.relay.audio,
         )
         call.caller.peer = parse_address(row.caller_address)
         call.agent.peer = parse_address(row.agent_address)
@@ -306,6 +343,9 @@ class MediaWorker:
             return
         if reason != BreakReason.HOLD:
             link.linked = False
+            call = self.relay.calls.get(call_id)
+            if call is not None:
+                call.listen_for_agent_code = True  # the agent may re-secure it by keying its code again
         await database_sync_to_async(self._break_session)(call_id, link.session_id, reason)
 
     def _break_session(self, call_id: str, session_id: str, reason: str) -> None:
@@ -459,5 +499,10 @@ async def ensure_inprocess() -> None:
         # A fresh context: started from a request, the task would inherit asgiref's
         # per-request executor, which quits with the request and breaks every later
         # database_sync_to_async of the worker.
-        _inprocess[id(loop)] = loop.create_task(worker.run(), context=contextvars.Context())
-        await worker.ready.wait()
+        task = _inprocess[id(loop)] = loop.create_task(worker.run(), context=contextvars.Context())
+        ready = asyncio.ensure_future(worker.ready.wait())
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():  # the worker failed to start (database, channel layer): no call can be relayed
+            ready.cancel()
+            error = None if task.cancelled() else task.exception()
+            raise WorkerUnavailable(f"the in-process media worker did not start: {error!r}") from error

@@ -18,7 +18,7 @@ from django.db import models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from securepay.models import PaymentSession, SecureState
+from securepay.models import BreakReason, PaymentSession, SecureState
 from tenants.models import Tenant, TenantScopedManager
 
 
@@ -38,8 +38,18 @@ class EndReason(models.TextChoices):
 logger = logging.getLogger(__name__)
 
 
+# A media worker writes a sign of life (MediaWorkerBeat) this often; one silent for
+# WORKER_UNAVAILABLE_BEATS of them gets no new calls (nothing would bind their ports).
+BEAT_INTERVAL_S = 5.0
+WORKER_UNAVAILABLE_BEATS = 3
+
+
 class NoFreePort(Exception):
     """The worker's RTP port range is exhausted."""
+
+
+class WorkerUnavailable(Exception):
+    """The media worker is not running (no recent sign of life, or it failed to start)."""
 
 
 class Call(models.Model):
@@ -80,6 +90,31 @@ class Call(models.Model):
         self.state, self.end_reason, self.ended_at = CallState.ENDED, reason, timezone.now()
         self.save(update_fields=["state", "end_reason", "ended_at"])
 
+    def hang_up(self, actor: str) -> None:
+        """The integration reports the call over (row locked by the caller): it ends now - a
+        second hang-up or a link gets 409 - and its worker is told to stop relaying. The
+        session it held is unsecured after commit, whether or not that worker is still there."""
+        from securepay.live import hub
+
+        self.end(EndReason.HANGUP)
+        tell_worker(self, {"type": "call.event", "event": "hangup", "supervisor": None})
+        if self.session_id is None:
+            return
+        session_id = self.session_id
+
+        def not_recorded_yet(session: PaymentSession) -> bool:
+            # The worker may have recorded this hang-up first.
+            recorded = session.secure_state == SecureState.UNSECURED and session.break_reason == BreakReason.HANGUP
+            return not recorded and held_by_no_live_call(session)
+
+        def unsecure() -> None:
+            try:
+                hub.break_link(session_id, BreakReason.HANGUP, only_if=not_recorded_yet, actor=actor)
+            except PaymentSession.DoesNotExist:
+                pass
+
+        transaction.on_commit(unsecure)
+
     def claim_session(self, session_id) -> list[Call]:
         """Link this call to the session; its other live calls lose it (one live call per
         session: a call the agent left must neither secure it nor key into it), and their
@@ -108,6 +143,12 @@ class Call(models.Model):
         return others
 
 
+def held_by_no_live_call(session: PaymentSession) -> bool:
+    """For a call that ended: no live call holds its session now (a later claim's call owns
+    its secure state, and its worker records it)."""
+    return not Call.objects.filter(session_id=session.pk, state=CallState.LIVE).exists()
+
+
 class CallNotLive(Exception):
     """The call has ended: it cannot take a session."""
 
@@ -125,6 +166,12 @@ class MediaWorkerBeat(models.Model):
     @classmethod
     def beat(cls, worker_id: str) -> None:
         cls.objects.update_or_create(worker_id=worker_id, defaults={"seen_at": timezone.now()})
+
+    @classmethod
+    def is_alive(cls, worker_id: str) -> bool:
+        """Seen within the last WORKER_UNAVAILABLE_BEATS beats."""
+        cutoff = timezone.now() - timedelta(seconds=BEAT_INTERVAL_S * WORKER_UNAVAILABLE_BEATS)
+        return cls.objects.filter(worker_id=worker_id, seen_at__gte=cutoff).exists()
 
 
 def end_calls_of_lost_workers(now: datetime | None = None) -> int:
@@ -205,8 +252,11 @@ def tell_worker(call: Call, message: dict) -> None:
 
 def start_call(tenant: Tenant, worker_id: str | None = None, **fields) -> Call:
     """Allocate the ports, write the row, have the worker (default: MEDIA_WORKER_ID)
-    bind them. Raises NoFreePort."""
+    bind them. Raises WorkerUnavailable (no recent sign of life: a call nobody relays
+    would only look live) or NoFreePort."""
     worker_id = worker_id or settings.MEDIA_WORKER_ID
+    if not MediaWorkerBeat.is_alive(worker_id):
+        raise WorkerUnavailable(f"media worker {worker_id} is not running")
     with transaction.atomic():
         caller_port, agent_port = allocate_ports(worker_id, 2)
         call = Call.objects.create(
@@ -218,11 +268,14 @@ def start_call(tenant: Tenant, worker_id: str | None = None, **fields) -> Call:
 
 
 def link_call(call: Call, code: str) -> PaymentSession:
-    """Link the call to the open session of its tenant with this code. Raises UnknownCode."""
-    session = PaymentSession.objects.for_tenant(call.tenant).open().filter(code=code).first()
-    if session is None:
-        raise UnknownCode(code)
+    """Link the call to the open session of its tenant with this code. Raises UnknownCode,
+    CallNotLive."""
     with transaction.atomic():
+        # Locked as it is found: a session ended meanwhile is not linked.
+        sessions = PaymentSession.objects.for_tenant(call.tenant).select_for_update()
+        session = sessions.open().filter(code=code).first()
+        if session is None:
+            raise UnknownCode(code)
         call.claim_session(session.pk)
         call.session = session
         tell_worker(call, {"type": "call.link", "session": str(session.pk)})

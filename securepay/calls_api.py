@@ -19,23 +19,36 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from media.calls import CODECS, SUPERVISOR_MODES
+from media.calls import BARGE, CODECS, MONITOR, SUPERVISOR_MODES
 from media.service import CALL_EVENTS, ensure_inprocess
+from securepay.api.views import api_actor
 from securepay.calls import (
     Call,
     CallNotLive,
     NoFreePort,
     UnknownCode,
+    WorkerUnavailable,
     allocate_ports,
     link_call,
     start_call,
     tell_worker,
 )
-from tenants.api_auth import request_tenant
+from tenants.api_auth import ApiKeyAuthentication, request_tenant
 from tenants.models import ApiKey
 from tenants.scoping import get_for_tenant
 
 ErrorSerializer = inline_serializer("CallError", {"detail": serializers.CharField(), "code": serializers.CharField()})
+NOT_FOUND = OpenApiResponse(description="No such call of this tenant (another tenant's calls are not found either).")
+FIELD_ERRORS = OpenApiResponse(description="Per-field errors; nothing changed.")
+NO_KEY = {
+    401: OpenApiResponse(description="No or unknown API key."),
+    403: OpenApiResponse(description="Not a tenant API key."),
+}
+UNAVAILABLE = OpenApiResponse(
+    ErrorSerializer,
+    description="`worker_unavailable`: the media worker is not running; `no_free_port`: no RTP port left.",
+)
+SUPERVISOR_EVENTS = ("barge", "monitor_stop")  # the events that concern one supervisor leg
 
 
 class HasApiKey(permissions.BasePermission):
@@ -151,17 +164,31 @@ class LinkSerializer(serializers.Serializer):
 class EventSerializer(serializers.Serializer):
     event = serializers.ChoiceField(choices=CALL_EVENTS)
     supervisor = serializers.SlugField(
-        max_length=64, required=False, help_text="For barge/monitor_stop: which supervisor leg it concerns."
+        max_length=64,
+        required=False,
+        help_text="For barge/monitor_stop: which supervisor leg it concerns (required when the call has any).",
     )
+
+    def validate(self, data: dict) -> dict:
+        if "supervisor" in data and data["event"] not in SUPERVISOR_EVENTS:
+            raise serializers.ValidationError({"supervisor": ["Only barge and monitor_stop concern a supervisor."]})
+        return data
+
+
+def conflict(code: str, detail: str) -> Response:
+    return Response({"detail": detail, "code": code}, status=status.HTTP_409_CONFLICT)
 
 
 def conflict_if_ended(call: Call) -> Response | None:
-    if call.is_live:
-        return None
-    return Response({"detail": "The call has ended.", "code": "call_ended"}, status=status.HTTP_409_CONFLICT)
+    return None if call.is_live else conflict("call_ended", "The call has ended.")
+
+
+def unavailable(code: str, detail: str) -> Response:
+    return Response({"detail": detail, "code": code}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 class CallView(APIView):
+    authentication_classes = [ApiKeyAuthentication]
     permission_classes = [HasApiKey]
 
     def get_call(self, request: Request, call_id) -> Call:
@@ -178,22 +205,27 @@ class CallListCreateView(CallView):
     @extend_schema(
         summary="Start relaying a call: returns the UDP ports the caller's and agent's RTP go to",
         request=CallCreateSerializer,
-        responses={201: CallSerializer, 400: OpenApiResponse(description="Per-field errors."), 503: ErrorSerializer},
+        responses={201: CallSerializer, 400: FIELD_ERRORS, **NO_KEY, 503: UNAVAILABLE},
     )
     def post(self, request: Request) -> Response:
         incoming = CallCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        if settings.MEDIA_WORKER_MODE == "inprocess":
-            async_to_sync(ensure_inprocess)()
         try:
+            if settings.MEDIA_WORKER_MODE == "inprocess":
+                async_to_sync(ensure_inprocess)()
             call = start_call(request_tenant(request), **incoming.validated_data)
+        except WorkerUnavailable as exc:
+            return unavailable("worker_unavailable", str(exc))
         except NoFreePort as exc:
-            return Response({"detail": str(exc), "code": "no_free_port"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+            return unavailable("no_free_port", str(exc))
         return Response(CallSerializer(call).data, status=status.HTTP_201_CREATED)
 
 
 class CallDetailView(CallView):
-    @extend_schema(summary="A call's ports, legs, state and linked session", responses={200: CallSerializer})
+    @extend_schema(
+        summary="A call's ports, legs, state and linked session",
+        responses={200: CallSerializer, **NO_KEY, 404: NOT_FOUND},
+    )
     def get(self, request: Request, call_id) -> Response:
         return Response(CallSerializer(self.get_call(request, call_id)).data)
 
@@ -206,14 +238,20 @@ class CallLinkView(CallView):
             "neither secure it nor key into it). A call on hold is linked unsecured and secured on unhold."
         ),
         request=LinkSerializer,
-        responses={200: CallSerializer, 400: OpenApiResponse(description="Unknown code."), 409: ErrorSerializer},
+        responses={
+            200: CallSerializer,
+            400: OpenApiResponse(description="Malformed code, or no open session of this tenant has it."),
+            **NO_KEY,
+            404: NOT_FOUND,
+            409: OpenApiResponse(ErrorSerializer, description="`call_ended`."),
+        },
     )
     def post(self, request: Request, call_id) -> Response:
         call = self.get_call(request, call_id)
-        if (ended := conflict_if_ended(call)) is not None:
-            return ended
         incoming = LinkSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
+        if (ended := conflict_if_ended(call)) is not None:
+            return ended
         try:
             link_call(call, incoming.validated_data["code"])
         except UnknownCode:
@@ -227,69 +265,108 @@ class CallLinkView(CallView):
 class CallEventView(CallView):
     @extend_schema(
         summary="A telephony event: hold, unhold, switch_line, monitor_stop, barge, hangup",
+        description=(
+            "Hangup ends the call at once (the answer shows it ended; a second hangup gets 409) and "
+            "unsecures its session even if the media worker is gone. The other events are carried out "
+            "by the call's media worker; the answer shows the call as it was accepted."
+        ),
         request=EventSerializer,
-        responses={202: CallSerializer, 400: OpenApiResponse(description="Per-field errors."), 409: ErrorSerializer},
+        responses={
+            202: CallSerializer,
+            400: FIELD_ERRORS,
+            **NO_KEY,
+            404: NOT_FOUND,
+            409: OpenApiResponse(ErrorSerializer, description="`call_ended`."),
+        },
     )
     def post(self, request: Request, call_id) -> Response:
+        incoming = EventSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        event, supervisor = incoming.validated_data["event"], incoming.validated_data.get("supervisor")
         with transaction.atomic():
             call = self.lock_call(request, call_id)
             if (ended := conflict_if_ended(call)) is not None:
                 return ended
-            incoming = EventSerializer(data=request.data)
-            incoming.is_valid(raise_exception=True)
-            event, supervisor = incoming.validated_data["event"], incoming.validated_data.get("supervisor")
             if supervisor is not None and supervisor not in call.supervisors:
                 raise serializers.ValidationError({"supervisor": ["No such supervisor on this call."]})
-            if supervisor is not None and event == "barge" and call.supervisors[supervisor]["mode"] != "barge":
-                call.supervisors[supervisor]["mode"] = "barge"
-                call.save(update_fields=["supervisors"])
-            elif supervisor is not None and event == "monitor_stop":
-                del call.supervisors[supervisor]
-                call.save(update_fields=["supervisors"])
-            tell_worker(call, {"type": "call.event", "event": event, "supervisor": supervisor})
+            if supervisor is None and event in SUPERVISOR_EVENTS and call.supervisors:
+                raise serializers.ValidationError({"supervisor": ["This call has supervisor legs: say which one."]})
+            if event == "hangup":
+                call.hang_up(api_actor(request))
+            else:
+                if supervisor is not None and event == "barge" and call.supervisors[supervisor]["mode"] != BARGE:
+                    call.supervisors[supervisor]["mode"] = BARGE
+                    call.save(update_fields=["supervisors"])
+                elif supervisor is not None and event == "monitor_stop":
+                    del call.supervisors[supervisor]
+                    call.save(update_fields=["supervisors"])
+                tell_worker(call, {"type": "call.event", "event": event, "supervisor": supervisor})
         return Response(CallSerializer(call).data, status=status.HTTP_202_ACCEPTED)
 
 
 class CallSupervisorListView(CallView):
     @extend_schema(
-        summary="Add a supervisor leg (monitor | barge); returns the port the supervisor's phone uses",
+        summary="Add a supervisor leg (monitor | barge), or change its mode; returns the port its phone uses",
+        description=(
+            "201 for a new leg, 200 for an existing one (its mode changed, or nothing). A supervisor who "
+            "barges hears nothing from the caller while the call's session is open, so barge cannot turn "
+            "back into monitor until the session ends (409 `barged_during_session`). An existing leg keeps "
+            "its address (another one: 409 `supervisor_exists`; remove the leg first)."
+        ),
         request=SupervisorSerializer,
         responses={
             201: SupervisorSerializer,
-            400: OpenApiResponse(description="Per-field errors."),
-            409: ErrorSerializer,
+            200: SupervisorSerializer,
+            400: FIELD_ERRORS,
+            **NO_KEY,
+            404: NOT_FOUND,
+            409: OpenApiResponse(
+                ErrorSerializer, description="`call_ended`, `barged_during_session`, `supervisor_exists`."
+            ),
+            503: UNAVAILABLE,
         },
     )
     def post(self, request: Request, call_id) -> Response:
+        incoming = SupervisorSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        name, mode, address = (incoming.validated_data[key] for key in ("name", "mode", "address"))
         with transaction.atomic():
             call = self.lock_call(request, call_id)
             if (ended := conflict_if_ended(call)) is not None:
                 return ended
-            incoming = SupervisorSerializer(data=request.data)
-            incoming.is_valid(raise_exception=True)
-            name, mode = incoming.validated_data["name"], incoming.validated_data["mode"]
             entry = call.supervisors.get(name)
-            changed = entry is None or entry["mode"] != mode
-            if entry is None:
+            created = entry is None
+            if created:
                 try:
                     (port,) = allocate_ports(call.worker_id, 1)
                 except NoFreePort as exc:
-                    return Response(
-                        {"detail": str(exc), "code": "no_free_port"}, status=status.HTTP_503_SERVICE_UNAVAILABLE
-                    )
-                entry = {"port": port, "address": incoming.validated_data["address"]}
+                    return unavailable("no_free_port", str(exc))
+                entry = {"port": port, "address": address}
+            elif address and address != entry["address"]:
+                return conflict("supervisor_exists", f"Supervisor {name} is on this call from another address.")
+            elif entry["mode"] == mode:
+                return Response({"name": name, **entry})
+            elif mode == MONITOR and call.session_id is not None and call.session.is_open:
+                return conflict(
+                    "barged_during_session",
+                    "A supervisor who barged in hears nothing from the caller while the session is open.",
+                )
             entry["mode"] = mode
             call.supervisors[name] = entry
-            if changed:
-                call.save(update_fields=["supervisors"])
+            call.save(update_fields=["supervisors"])
             tell_worker(call, {"type": "call.supervisor", "name": name, "mode": mode})
-        return Response({"name": name, **entry}, status=status.HTTP_201_CREATED)
+        return Response({"name": name, **entry}, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 class CallSupervisorDetailView(CallView):
     @extend_schema(
         summary="Remove a supervisor leg (a monitoring supervisor stopping breaks the secure state)",
-        responses={204: None, 404: OpenApiResponse(description="No such call or supervisor."), 409: ErrorSerializer},
+        responses={
+            204: None,
+            **NO_KEY,
+            404: OpenApiResponse(description="No such call or supervisor."),
+            409: OpenApiResponse(ErrorSerializer, description="`call_ended`."),
+        },
     )
     def delete(self, request: Request, call_id, name: str) -> Response:
         with transaction.atomic():

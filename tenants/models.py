@@ -34,6 +34,13 @@ def new_webhook_secret() -> str:
     return "whsec_" + secrets.token_hex(24)
 
 
+class KeyMasking(models.TextChoices):
+    """What the agent and supervisors hear in place of each key the caller presses."""
+
+    TONE = "tone", _("One flat tone per key press")
+    SILENCE = "silence", _("Silence per key press")
+
+
 class Tenant(models.Model):
     slug = models.SlugField(unique=True, max_length=50)
     name = models.CharField(max_length=200)
@@ -49,6 +56,13 @@ class Tenant(models.Model):
     )
     # Signs webhooks to the integration and verifies CRM launch links.
     webhook_secret = models.CharField(max_length=80, default=new_webhook_secret)
+    key_masking = models.CharField(
+        _("key masking"),
+        max_length=8,
+        choices=KeyMasking.choices,
+        default=KeyMasking.TONE,
+        help_text=_("What agents and supervisors hear for each key the caller presses (calls started after a change)."),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

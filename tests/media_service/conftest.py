@@ -24,7 +24,7 @@ import pytest
 from django.test import override_settings
 
 from media.phones import Phones
-from securepay.calls import Call, CallState, tell_worker
+from securepay.calls import Call, CallState, MediaWorkerBeat, tell_worker
 from securepay.models import PaymentSession
 from securepay.vault import generate_key, get_vault
 from tests.support import missing, require_tcp
@@ -181,6 +181,9 @@ def hang_up_live_calls(worker: WorkerProcess) -> None:
 
 @pytest.fixture
 def media_worker(worker_process, transactional_db):
+    # The running worker signs of life every few seconds; the database flush after the
+    # previous test erased its last one, and the API routes no call to a silent worker.
+    MediaWorkerBeat.beat(worker_process.worker_id)
     with routed_to(worker_process):
         get_vault.cache_clear()
         yield worker_process

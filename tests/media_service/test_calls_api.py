@@ -5,20 +5,25 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.db import connection, transaction
 from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
 
-from media.service import parse_address
-from securepay.calls import Call
+from media.service import MediaWorker, parse_address
+from securepay.calls import Call, MediaWorkerBeat
+from securepay.models import BreakReason, PaymentSession, SecureState
 from tests.support import missing
 from tests.walls import wall_test
 
 
 @pytest.fixture(autouse=True)
-def _external_worker(settings):
+def _external_worker(settings, db):
     settings.MEDIA_WORKER_MODE = "external"
+    MediaWorkerBeat.beat(settings.MEDIA_WORKER_ID)  # a worker that is running (none is: messages go nowhere)
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
@@ -208,3 +213,165 @@ def test_a_peer_of_another_address_family_than_the_workers_is_refused(alpha, set
     assert refused.status_code == 400
     assert "IPv4" in refused.json()["caller_address"][0]
     assert not Call.objects.exists()
+
+
+# --- the media worker must be there ------------------------------------------------------
+def test_no_call_is_started_on_a_worker_that_shows_no_sign_of_life(alpha, settings):
+    MediaWorkerBeat.objects.update(seen_at=timezone.now() - timedelta(minutes=1))  # stopped a minute ago
+    refused = api(alpha, "post", "/api/v1/calls/")
+    assert refused.status_code == 503 and refused.json()["code"] == "worker_unavailable"
+    MediaWorkerBeat.objects.all().delete()  # never started
+    assert api(alpha, "post", "/api/v1/calls/").json()["code"] == "worker_unavailable"
+    assert not Call.objects.exists()
+
+
+def test_an_in_process_worker_that_fails_to_start_gets_503_not_a_hung_request(
+    transactional_db, alpha, settings, monkeypatch
+):
+    settings.MEDIA_WORKER_MODE = "inprocess"
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+    def database_down(self) -> None:
+        raise OSError("database unreachable")
+
+    monkeypatch.setattr(MediaWorker, "recover", database_down)
+    refused = api(alpha, "post", "/api/v1/calls/")
+    assert refused.status_code == 503 and refused.json()["code"] == "worker_unavailable"
+    assert "database unreachable" in refused.json()["detail"]
+    assert not Call.objects.exists()
+
+
+# --- hang-up --------------------------------------------------------------------------
+def open_session(world) -> PaymentSession:
+    template = world.tenant.page_templates.get(slug="default")
+    session = PaymentSession.open_for(tenant=world.tenant, template=template, actor="test")
+    session.open_details("test")
+    session.start_card_entry("test", details={}, amount_minor=100)
+    return session
+
+
+def test_a_hangup_ends_the_call_at_once_and_a_replay_changes_nothing(alpha):
+    call = api(alpha, "post", "/api/v1/calls/").json()
+    base = f"/api/v1/calls/{call['id']}/"
+    hung_up = api(alpha, "post", base + "events/", {"event": "hangup"})
+    assert hung_up.status_code == 202
+    assert (hung_up.json()["state"], hung_up.json()["end_reason"]) == ("ended", "hangup")
+    ended_at = Call.objects.get(pk=call["id"]).ended_at
+    again = api(alpha, "post", base + "events/", {"event": "hangup"})
+    assert again.status_code == 409 and again.json()["code"] == "call_ended"
+    session = open_session(alpha)
+    late_link = api(alpha, "post", base + "link/", {"code": session.code})
+    assert late_link.status_code == 409
+    row = Call.objects.get(pk=call["id"])
+    assert (row.ended_at, row.session) == (ended_at, None)
+
+
+def test_a_hangup_unsecures_the_session_even_with_its_worker_gone(transactional_db, alpha):
+    session = open_session(alpha)
+    call = api(alpha, "post", "/api/v1/calls/").json()
+    base = f"/api/v1/calls/{call['id']}/"
+    assert api(alpha, "post", base + "link/", {"code": session.code}).status_code == 200
+    session.mark_secured("media-worker", "main")  # as the worker did; nothing relays the call now
+    assert api(alpha, "post", base + "events/", {"event": "hangup"}).status_code == 202
+    session.refresh_from_db()
+    assert (session.secure_state, session.break_reason) == (SecureState.UNSECURED, BreakReason.HANGUP)
+    last = session.events.filter(kind="secure").order_by("at", "pk").last()
+    assert last.actor == f"api:{alpha.api_key.prefix}"
+    assert session.events.filter(kind="secure", detail=BreakReason.HANGUP).count() == 1
+
+
+def test_a_hangup_leaves_a_session_another_live_call_took_since(transactional_db, alpha):
+    session = open_session(alpha)
+    first = api(alpha, "post", "/api/v1/calls/").json()
+    second = api(alpha, "post", "/api/v1/calls/").json()
+    assert api(alpha, "post", f"/api/v1/calls/{first['id']}/link/", {"code": session.code}).status_code == 200
+    assert api(alpha, "post", f"/api/v1/calls/{second['id']}/link/", {"code": session.code}).status_code == 200
+    session.mark_secured("media-worker", "main")  # for the second call
+    assert api(alpha, "post", f"/api/v1/calls/{first['id']}/events/", {"event": "hangup"}).status_code == 202
+    session.refresh_from_db()
+    assert session.secure_state == SecureState.SECURED
+
+
+# --- linking ------------------------------------------------------------------------------
+@wall_test("api-call-link")
+def test_a_call_cannot_link_to_another_tenants_session_by_its_code(alpha, beta):
+    theirs = open_session(beta)
+    call = api(alpha, "post", "/api/v1/calls/").json()
+    refused = api(alpha, "post", f"/api/v1/calls/{call['id']}/link/", {"code": theirs.code})
+    unused = next(f"{n:04d}" for n in range(10000) if not PaymentSession.objects.filter(code=f"{n:04d}").exists())
+    unknown = api(alpha, "post", f"/api/v1/calls/{call['id']}/link/", {"code": unused})
+    assert refused.status_code == unknown.status_code == 400
+    assert refused.json() == unknown.json()  # nothing tells that the code exists elsewhere
+    assert Call.objects.get(pk=call["id"]).session is None
+    theirs.refresh_from_db()
+    assert theirs.secure_state == SecureState.UNSECURED and not theirs.calls.exists()
+
+
+def test_a_session_that_ended_cannot_be_linked(alpha):
+    session = open_session(alpha)
+    session.end("test")
+    call = api(alpha, "post", "/api/v1/calls/").json()
+    refused = api(alpha, "post", f"/api/v1/calls/{call['id']}/link/", {"code": session.code})
+    assert refused.status_code == 400 and set(refused.json()) == {"code"}
+    assert Call.objects.get(pk=call["id"]).session is None
+
+
+# --- events and supervisors: what each one concerns --------------------------------------
+def test_an_event_names_a_supervisor_only_when_it_concerns_one(alpha):
+    call_id, base = call_with_sue(alpha)
+    for body in ({"event": "hold", "supervisor": "sue"}, {"event": "monitor_stop"}, {"event": "barge"}):
+        refused = api(alpha, "post", base + "events/", body)
+        assert refused.status_code == 400 and set(refused.json()) == {"supervisor"}, body
+    assert Call.objects.get(pk=call_id).supervisors["sue"]["mode"] == "monitor"
+    bare = api(alpha, "post", "/api/v1/calls/").json()  # no supervisor leg: the event alone is the signal
+    assert api(alpha, "post", f"/api/v1/calls/{bare['id']}/events/", {"event": "monitor_stop"}).status_code == 202
+
+
+def test_bad_input_on_an_ended_call_is_still_a_field_error(alpha):
+    call = api(alpha, "post", "/api/v1/calls/").json()
+    base = f"/api/v1/calls/{call['id']}/"
+    assert api(alpha, "post", base + "events/", {"event": "hangup"}).status_code == 202
+    assert set(api(alpha, "post", base + "events/", {"event": "dance"}).json()) == {"event"}
+    assert set(api(alpha, "post", base + "link/", {"code": "12"}).json()) == {"code"}
+    assert set(api(alpha, "post", base + "supervisors/", {"name": "sue", "mode": "x"}).json()) == {"mode"}
+
+
+def test_adding_a_supervisor_again_changes_nothing(alpha):
+    call_id, base = call_with_sue(alpha)
+    before = Call.objects.get(pk=call_id).supervisors
+    again = api(alpha, "post", base + "supervisors/", {"name": "sue", "mode": "monitor"})
+    assert again.status_code == 200 and again.json() == {"name": "sue", **before["sue"]}
+    moved = api(alpha, "post", base + "supervisors/", {"name": "sue", "mode": "monitor", "address": "192.0.2.7:4000"})
+    assert moved.status_code == 409 and moved.json()["code"] == "supervisor_exists"
+    assert Call.objects.get(pk=call_id).supervisors == before
+
+
+def test_a_supervisor_who_barged_cannot_monitor_again_while_the_session_is_open(alpha):
+    call_id, base = call_with_sue(alpha)
+    session = open_session(alpha)
+    assert api(alpha, "post", base + "link/", {"code": session.code}).status_code == 200
+    assert api(alpha, "post", base + "events/", {"event": "barge", "supervisor": "sue"}).status_code == 202
+    refused = api(alpha, "post", base + "supervisors/", {"name": "sue", "mode": "monitor"})
+    assert refused.status_code == 409 and refused.json()["code"] == "barged_during_session"
+    assert Call.objects.get(pk=call_id).supervisors["sue"]["mode"] == "barge"
+    session.end("test")
+    back = api(alpha, "post", base + "supervisors/", {"name": "sue", "mode": "monitor"})
+    assert back.status_code == 200 and back.json()["mode"] == "monitor"
+
+
+def test_the_schema_documents_what_the_call_endpoints_answer():
+    schema = Client().get(reverse("api-schema") + "?format=json").json()
+    paths = schema["paths"]
+    base = "/api/v1/calls/{call_id}/"
+    operations = {
+        ("/api/v1/calls/", "post"): {"201", "400", "401", "403", "503"},
+        (base, "get"): {"200", "401", "403", "404"},
+        (base + "link/", "post"): {"200", "400", "401", "403", "404", "409"},
+        (base + "events/", "post"): {"202", "400", "401", "403", "404", "409"},
+        (base + "supervisors/", "post"): {"200", "201", "400", "401", "403", "404", "409", "503"},
+        (base + "supervisors/{name}/", "delete"): {"204", "401", "403", "404", "409"},
+    }
+    for (path, method), codes in operations.items():
+        operation = paths[path][method]
+        assert set(operation["responses"]) == codes, (path, method)
+        assert all("cookieAuth" not in scheme for scheme in operation["security"]), (path, method)

@@ -11,6 +11,7 @@ import asyncio
 import threading
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
@@ -21,14 +22,18 @@ from django.utils import timezone
 from gateways.recovery import recover_stuck_work
 from media import calls as media_calls
 from media import service
-from media.dtmf import SAMPLE_RATE, KeyPress
+from media.calls import CODECS
+from media.dtmf import SAMPLE_RATE, KeyPress, detect
+from media.masker import HOLDBACK_MS
 from media.rfc4733 import build_event
-from media.rtp import RtpPacket
+from media.rtp import RtpPacket, parse_rtp
 from media.service import MediaWorker
+from media.softphone import caller_packets, keypad_audio
 from securepay import calls as calls_module
 from securepay.calls import Call, CallNotLive, CallState, EndReason, MediaWorkerBeat, link_call, start_call
 from securepay.live import MediaHub
 from securepay.models import BreakReason, IllegalTransition, PaymentSession, SecureState
+from tests.media_service.test_supervisors import band_share
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,10 +41,12 @@ WORKER_ID = "secure-state"
 
 
 @pytest.fixture(autouse=True)
-def _worker_here(settings):
+def _worker_here(settings, transactional_db):
     settings.MEDIA_WORKER_MODE = "external"
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     settings.MEDIA_WORKER_ID = WORKER_ID
+    for worker_id in (WORKER_ID, "w-one", "w-two", "another-worker"):
+        MediaWorkerBeat.beat(worker_id)  # the API routes calls only to a worker that signs of life
 
 
 @pytest.fixture
@@ -622,10 +629,13 @@ def test_the_sweep_ends_the_calls_of_a_worker_gone_for_good_and_unsecures_its_se
     held.mark_secured("test", "gone")
     secured_only.mark_secured("test", "gone-too")  # its call already ended, the worker never came back
     kept.mark_secured("test", "alive")
-    MediaWorkerBeat.beat("alive")
+    for worker_id in ("gone", "alive", "starting"):
+        MediaWorkerBeat.beat(worker_id)
     gone_call = start_call(alpha.tenant, worker_id="gone")
     alive_call = start_call(alpha.tenant, worker_id="alive")
-    young_call = start_call(alpha.tenant, worker_id="starting")  # its worker has not signed yet
+    young_call = start_call(alpha.tenant, worker_id="starting")
+    MediaWorkerBeat.objects.filter(worker_id="gone").update(seen_at=long_ago)
+    MediaWorkerBeat.objects.filter(worker_id="starting").delete()  # restarting: it has not signed again yet
     Call.objects.filter(pk=gone_call.pk).update(session=held)
     Call.objects.filter(pk=alive_call.pk).update(session=kept)
     Call.objects.filter(pk__in=[gone_call.pk, alive_call.pk]).update(created_at=long_ago)
@@ -651,3 +661,86 @@ def test_a_worker_signs_of_life_when_it_starts_and_while_it_runs(worker):
 
     run(ticks)
     assert MediaWorkerBeat.objects.get(worker_id=WORKER_ID).seen_at > first
+
+
+# --- re-securing, calls never relayed, what the caller's keys sound like ------------------
+@pytest.mark.parametrize("reason", ["switch_line", "monitor_stop", "barge"])
+def test_after_a_break_the_agent_keys_the_code_again_to_secure(alpha, worker, hub, reason):
+    session = card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, call)
+        relayed = worker.relay.calls[str(call.pk)]
+        states = []
+        for step in (lambda: agent_keys(worker, call, session.code), lambda: event(worker, call, reason)) * 2:
+            await step()
+            states.append((await database_sync_to_async(secure_state)(session), relayed.listen_for_agent_code))
+        return states[:3]
+
+    assert run(scenario) == [
+        ((SecureState.SECURED, ""), False),
+        ((SecureState.UNSECURED, service.CALL_BREAKS[reason]), True),  # the agent's phone is heard again
+        ((SecureState.SECURED, ""), False),
+    ]
+
+
+def test_on_hold_the_agent_code_is_not_listened_for(alpha, worker, hub):
+    session = card_entry_session(alpha)
+    call = start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, call)
+        await agent_keys(worker, call, session.code)
+        await event(worker, call, "hold")
+        return worker.relay.calls[str(call.pk)].listen_for_agent_code  # unhold secures it again
+
+    assert run(scenario) is False
+
+
+def test_a_call_whose_start_never_reached_its_worker_ends_after_the_rtp_timeout(alpha, worker, hub):
+    session = card_entry_session(alpha)
+    lost, relayed, young = start_call(alpha.tenant), start_call(alpha.tenant), start_call(alpha.tenant)
+    Call.objects.filter(pk=lost.pk).update(session=session)
+    session.mark_secured("test", WORKER_ID)
+    old = timezone.now() - timedelta(seconds=worker.rtp_timeout_s + 1)
+    Call.objects.filter(pk__in=[lost.pk, relayed.pk]).update(created_at=old)
+
+    async def scenario():
+        await start(worker, relayed)  # the others' call.start was lost
+        await worker._beat()
+
+    run(scenario)
+    lost.refresh_from_db()
+    assert (lost.state, lost.end_reason) == (CallState.ENDED, EndReason.RTP_TIMEOUT)
+    assert Call.objects.get(pk=relayed.pk).is_live and Call.objects.get(pk=young.pk).is_live
+    assert secure_state(session) == (SecureState.UNSECURED, BreakReason.LINK_LOST)
+
+
+@pytest.mark.parametrize("masking", ["tone", "silence"])
+def test_the_caller_keys_sound_as_the_tenant_chose(alpha, worker, masking):
+    alpha.tenant.key_masking = masking
+    alpha.tenant.save()
+    call = start_call(alpha.tenant)
+    packets, sent = caller_packets("5", lead_ms=200)
+    _audio, spans = keypad_audio("5", lead_ms=200)
+
+    async def scenario():
+        await start(worker, call)
+        relayed = worker.relay.calls[str(call.pk)]
+        heard = []
+        for index, (_at, data) in enumerate(packets):
+            received = relayed.receive(relayed.caller, data, 100.0 + index * 0.02)
+            for results in [{relayed: received}, worker.relay.audio.flush()]:
+                for out in results.values():
+                    heard += [packet for leg, packet in out.datagrams if leg is relayed.agent]
+        return heard
+
+    heard = run(scenario)
+    audio = np.concatenate([CODECS["PCMU"].decode(parse_rtp(packet).payload) for packet in heard])
+    start_at = spans[0].start + int(HOLDBACK_MS * SAMPLE_RATE / 1000)  # the agent hears it this much later
+    key = audio[start_at + 80 : start_at + spans[0].end - spans[0].start - 80].astype(np.int64)
+    assert audio.size == sent.size  # one packet out per packet in
+    assert detect(audio) == [] and detect(sent)[0].digit == "5"  # the key itself is gone, either way
+    assert (np.abs(key).max() == 0) == (masking == "silence")
+    assert (band_share(key, 1000) > 0.9) == (masking == "tone")
