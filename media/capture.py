@@ -14,12 +14,16 @@ Pure Python on purpose (no Django, no I/O): the worker wires the callbacks.
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 from collections.abc import Callable
 
 from securepay.card import MAX_PAN_LENGTH, Card, cvv_length, detect_brand, expiry_ok, luhn_ok, pan_lengths
 
 FIELDS = ("pan", "expiry", "cvv")
 EXPIRY_LENGTH = 4
+logger = logging.getLogger(__name__)
+
 DIGITS = frozenset("0123456789")
 CLEAR_KEY = "*"
 END_KEY = "#"
@@ -66,15 +70,19 @@ class CardCapture:
         self._active: str | None = "pan"
         self._secured = False
         self._stored = False
-        self._seq = 0
+        self._sealed: dict | None = None  # the masked fields as sent for authorisation (see seal)
+        # Pages drop a state whose seq is not above the last one they showed: a card entry
+        # created later (another call, a restarted worker) starts above any earlier one's.
+        self._seq = time.time_ns() // 1000
         self.rejected_keys = 0  # digits keyed while not secured, refused
 
     # --- inputs -------------------------------------------------------------------
     def key(self, digit: str) -> None:
         """One key press from the caller's keypad: 0-9, `*` (clear field) or `#` (end number)."""
-        if not self._secured:
+        if not self._secured or self._sealed is not None:
             # Fail closed: nothing keyed while the call is not secured may land
-            # in a field (the agent or a supervisor might be hearing it).
+            # in a field (the agent or a supervisor might be hearing it), nor
+            # change a card sent for authorisation.
             self.refuse(digit)
             return
         self._check_key(digit)
@@ -108,13 +116,15 @@ class CardCapture:
     def activate(self, field: str) -> None:
         """The agent clicked a field: the next digits go there."""
         self._check_field(field)
-        if field != self._active:
+        if self._sealed is None and field != self._active:
             self._active = field
             self._emit()
 
     def reset(self, field: str) -> None:
         """The agent's reset button: clear one field and make it active."""
         self._check_field(field)
+        if self._sealed is not None:
+            return  # sent for authorisation: Back starts a new card
         self._active = field
         self._change(field, "")
 
@@ -124,7 +134,21 @@ class CardCapture:
         self._pan_ended = False
         self._active = "pan"
         self._stored = False
+        self._sealed = None
         self._discard_card()
+        self._emit()
+
+    def seal(self) -> None:
+        """The card went for authorisation (the payment task has the vault copy): its digits
+        leave this memory - the CVV is never kept after the attempt. The page goes on showing
+        the fields as they were sent; keys are refused until Back (`clear_card`)."""
+        if self._sealed is not None:
+            return
+        self._sealed = self._keyed()
+        self._digits = dict.fromkeys(FIELDS, "")
+        self._pan_ended = False
+        self._active = None
+        self._stored = False  # the vault copy is the payment task's now: not ours to discard
         self._emit()
 
     # --- outputs ------------------------------------------------------------------
@@ -136,15 +160,25 @@ class CardCapture:
             "seq": self._seq,
             "secured": self._secured,
             "active": self._active,
+            **(self._sealed or self._keyed()),
+            "rejected_keys": self.rejected_keys,
+        }
+
+    def _keyed(self) -> dict:
+        """What the page shows of the fields: brand, per-field state, readiness."""
+        return {
             "brand": self._brand(),
             "fields": {field: self._field_state(field) for field in FIELDS},
             "ready": self.ready,
-            "rejected_keys": self.rejected_keys,
         }
 
     @property
     def ready(self) -> bool:
-        """Every field valid (the CVV may stay empty when the page does not require it)."""
+        """Every field valid (the CVV may stay empty when the page does not require it), and
+        the card in the vault."""
+        return self._fields_valid() and self._stored
+
+    def _fields_valid(self) -> bool:
         cvv_ok = self._valid("cvv") or (not self.cvv_required and not self._digits["cvv"])
         return self._valid("pan") and self._valid("expiry") and cvv_ok
 
@@ -171,9 +205,13 @@ class CardCapture:
             self._stored = False
         if advance:
             self._active = next((f for f in FIELDS if not self._complete(f)), None)
-        if self.ready:
-            self._store_card(Card(self._digits["pan"], self._digits["expiry"], self._digits["cvv"]))
-            self._stored = True
+        if self._fields_valid():
+            try:
+                self._store_card(Card(self._digits["pan"], self._digits["expiry"], self._digits["cvv"]))
+                self._stored = True
+            except Exception as exc:  # the vault is down: not ready (no payment), the keys go on
+                # The type only: a message or traceback could carry what was being stored.
+                logger.error("session %s: the keyed card could not be stored (%s)", self.session_id, type(exc).__name__)
         self._emit()
 
     def _emit(self) -> None:

@@ -11,10 +11,12 @@ The protocol (the real media worker speaks the same one):
 - group ``media.sessions`` -- commands to media workers:
   ``{"type": "media.command", "session": "<uuid>", "command": C, ...}`` with
   C one of ``activate``/``reset`` (+ ``"field"``), ``clear`` (Back: drop the
-  keyed card), ``end`` (session over: forget it, discard the vault copy) and
-  ``snapshot`` (+ ``"reply_to"``: a channel name to send the current
-  ``card.state`` to). Commands never carry digits. A worker ignores commands
-  for sessions whose call it does not hold.
+  keyed card), ``submitted`` (the card went for authorisation: its digits
+  leave the worker's memory), ``end`` (session over: forget it, discard the
+  vault copy), ``snapshot`` (+ ``"reply_to"``: a channel name to send the
+  current ``card.state`` to) and ``claimed`` (+ ``"hub"``: that worker holds
+  the session's card entry now; any other drops its own). Commands never
+  carry digits. A worker ignores commands for sessions whose call it does not hold.
 
 `MediaHub` is the media worker of the demo profile (MEDIA_WORKER_MODE=
 inprocess): it runs inside the Daphne process and is fed key presses by the
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 
 from asgiref.sync import async_to_sync
@@ -108,6 +111,8 @@ def on_session_transitioned(sender, session: PaymentSession, from_state: str, to
         # worker restart nobody holds it, and the card must not outlive the session.
         get_vault().discard(session.pk)
         send_media_command(session.pk, "end")
+    elif to_state == Status.PROCESSING:
+        send_media_command(session.pk, "submitted")  # the payment task reads the vault copy
     elif (to_state, from_state) in CARD_CLEARING_MOVES:
         # Back, before or after an attempt: the next card starts empty (DESIGN: Back), so a
         # card keyed for one amount can never be charged for another.
@@ -136,6 +141,7 @@ class MediaHub:
     """
 
     def __init__(self) -> None:
+        self.hub_id = uuid.uuid4().hex  # names this hub in `claimed` commands
         self._captures: dict[str, CardCapture] = {}
         self._lock = threading.RLock()
         self._listener: asyncio.Task | None = None
@@ -210,16 +216,25 @@ class MediaHub:
 
     def press_key(self, session_id, digit: str, from_secured_call: bool = True) -> bool:
         """One key from the caller's keypad; False when no call of this process is linked to the session.
-        A key the worker knows was pressed on a call that was not secured is refused (and counted)."""
+        A key the worker knows was pressed on a call that was not secured is refused (and counted),
+        as is any key while the agent's page is not at card entry."""
         with self._lock:
             capture = self._captures.get(str(session_id))
             if capture is None:
                 return False
-            if from_secured_call:
+            if from_secured_call and self._at_card_entry(session_id):
                 capture.key(digit)
             else:
                 capture.refuse(digit)
             return True
+
+    @staticmethod
+    def _at_card_entry(session_id) -> bool:
+        """Digits land in fields only while the page shows them: keyed during the customer
+        details they would arrive prefilled for an amount not yet confirmed; keyed while
+        processing, after a result or after the end (its `end` command may have been lost)
+        they would change, or keep, a card already sent."""
+        return PaymentSession.objects.filter(pk=session_id, status=Status.CARD_ENTRY).exists()
 
     def is_linked(self, session_id) -> bool:
         # Lock-free on purpose: the media worker asks from its event loop, while
@@ -240,6 +255,11 @@ class MediaHub:
                 getattr(capture, command)(message["field"])
             elif command == "clear":
                 capture.clear_card()
+            elif command == "submitted":
+                capture.seal()
+            elif command == "claimed":
+                if message.get("hub") != self.hub_id:  # another worker's call holds the session now
+                    self.release(session_id)
             elif command == "end":
                 del self._captures[session_id]
                 get_vault().discard(session_id)
@@ -274,6 +294,11 @@ class MediaHub:
         key = str(session.pk)
         if key not in self._captures:
             vault = get_vault()
+            # A new card entry starts empty: a card keyed on an earlier call (another worker,
+            # one that restarted) must not be charged while the page shows empty fields, and
+            # a card entry another worker still holds for the session must go.
+            vault.discard(key)
+            send_media_command(key, "claimed", hub=self.hub_id)
             self._captures[key] = CardCapture(
                 key,
                 accepted_brands=session.template.accepted_brand_set,

@@ -7,7 +7,7 @@ import io
 from django.core.management import call_command
 from django.urls import reverse
 
-from securepay.live import hub
+from securepay.live import MediaHub, hub
 from securepay.models import PaymentSession, Status
 from securepay.vault import get_vault
 from tenants.models import PageTemplate
@@ -199,3 +199,39 @@ def test_the_tenants_language_is_the_default_until_the_user_picks_one(alpha):
     assert "Suivant" in client.get(session_url("agent-session", session)).content.decode()
     client.cookies["django_language"] = "en"
     assert "Next" in client.get(session_url("agent-session", session)).content.decode()
+
+
+def test_keys_count_only_while_the_page_is_at_card_entry(alpha, django_capture_on_commit_callbacks):
+    session = open_session(alpha)
+    session.open_details("user:test")
+    hub.link(session.pk)  # the call is secured while the agent takes the customer's details
+    key_card(session.pk, VISA_OK)
+    capture = hub._captures[str(session.pk)]
+    assert capture.state()["rejected_keys"] == 16
+    session.start_card_entry("user:test", details={"first_name": "Ada"}, amount_minor=1250)
+    assert capture.state()["fields"]["pan"]["length"] == 0  # Next starts empty
+    key_card(session.pk, VISA_OK + FUTURE_EXPIRY + "123")
+    with django_capture_on_commit_callbacks(execute=True):
+        alpha.client_for("agent").post(session_url("agent-session-process", session))
+    session.refresh_from_db()
+    assert session.status == Status.APPROVED
+    hub.handle_command({"session": str(session.pk), "command": "submitted"})  # as the listener applies it
+    assert set(capture._digits.values()) == {""}  # the CVV is not kept after the attempt
+    assert capture.state()["fields"]["pan"]["length"] == 16  # the page still shows what was sent
+    key_card(session.pk, "123")  # after the result: refused, nothing stored again
+    assert capture.state()["rejected_keys"] == 19 and not get_vault().has_card(session.pk)
+    session.end("user:test")  # its `end` command lost: the worker still holds the card entry
+    key_card(session.pk, VISA_OK + FUTURE_EXPIRY + "123")
+    assert capture.state()["rejected_keys"] == 42 and not get_vault().has_card(session.pk)
+
+
+def test_a_new_card_entry_starts_empty_and_the_old_one_goes(alpha):
+    session = secured_with_card(alpha)
+    assert get_vault().has_card(session.pk)
+    elsewhere = MediaHub()  # the session's new call is on another worker
+    elsewhere.link(session.pk)
+    assert not get_vault().has_card(session.pk)  # no card the page does not show can be charged
+    claimed = {"session": str(session.pk), "command": "claimed", "hub": elsewhere.hub_id}
+    elsewhere.handle_command(claimed)  # its own claim: kept
+    hub.handle_command(claimed)  # as this worker's listener applies it
+    assert str(session.pk) in elsewhere._captures and str(session.pk) not in hub._captures

@@ -207,3 +207,46 @@ def test_unknown_keys_are_refused_loudly():
     capture, _ = make()
     with pytest.raises(ValueError):
         capture.key("A")
+
+
+def test_a_card_sent_for_authorisation_leaves_memory_and_takes_no_more_keys():
+    capture, rec = make()
+    keys(capture, VISA + FUTURE + "123")
+    shown = capture.state()
+    capture.seal()
+    sealed = capture.state()
+    assert {k: sealed[k] for k in ("brand", "fields", "ready")} == {k: shown[k] for k in ("brand", "fields", "ready")}
+    assert sealed["active"] is None and sealed["seq"] > shown["seq"]
+    assert set(capture._digits.values()) == {""}  # PAN, expiry and CVV gone from memory
+    keys(capture, "4")
+    capture.reset("cvv")
+    capture.activate("pan")
+    assert capture.state()["fields"] == shown["fields"] and capture.state()["rejected_keys"] == 1
+    assert rec.calls == [("store", VISA, FUTURE, "123")]  # the vault copy is the payment task's
+    capture.clear_card()  # Back after a decline: a new card
+    keys(capture, MASTERCARD)
+    assert capture.state()["fields"]["pan"]["valid"] and capture.state()["active"] == "expiry"
+
+
+def test_a_card_entry_created_later_publishes_above_an_earlier_ones_seq():
+    first, _ = make()
+    keys(first, VISA)
+    second, _ = make()  # the session moved to another call's worker, or its worker restarted
+    assert second.state()["seq"] > first.state()["seq"]
+
+
+def test_a_vault_failure_leaves_the_card_not_ready_and_the_keys_going_on():
+    capture, rec = make()
+
+    def vault_down(card) -> None:
+        raise ConnectionError("vault unreachable")
+
+    capture._store_card = vault_down
+    keys(capture, VISA + FUTURE + "12")
+    capture.key("3")  # every field valid: the store fails
+    state = capture.state()
+    assert state["fields"]["cvv"]["valid"] and state["ready"] is False
+    capture._store_card = rec.store  # back up: the agent resets the CVV, the caller keys it again
+    capture.reset("cvv")
+    keys(capture, "123")
+    assert capture.state()["ready"] and rec.calls[-1] == ("store", VISA, FUTURE, "123")
