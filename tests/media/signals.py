@@ -6,7 +6,6 @@ power of ONE tone of the pair over the power of white noise in 300-3400 Hz.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -16,8 +15,11 @@ import numpy as np
 
 from media.codecs import read_wav, write_wav
 from media.dtmf import DBM0_PEAK, HIGH_FREQS, KEYS, LOW_FREQS, SAMPLE_RATE
+from media.masker import DEFAULT_TONE_HZ
+from tests.support import require_binary
 
 FS = SAMPLE_RATE
+FLAT_TONE_HZ = DEFAULT_TONE_HZ  # what the masker puts in place of a key tone
 SPEECH_TEXTS = {
     "en": "Thank you for calling. Please confirm your account number and the amount of twelve pounds fifty. "
     "The quick brown fox jumps over the lazy dog, one two three four five six seven eight nine zero.",
@@ -141,17 +143,39 @@ def espeak_corpus(workdir: Path, langs: tuple[str, ...] = ("en", "fr", "de", "es
 
 
 def multimon_digits(samples: np.ndarray, multimon: str | None = None) -> str:
-    """Digits that multimon-ng (an independent decoder) reads from 8 kHz PCM."""
-    multimon = multimon or shutil.which("multimon-ng") or "multimon-ng"
+    """Digits that multimon-ng (an independent decoder) reads from 8 kHz PCM.
+
+    Both tools must succeed (check=True) and the input must hold audio: a decoder
+    that failed, or had nothing to read, must never pass for "no digit heard"."""
+    assert samples.size, "nothing to decode: an empty recording reads as no digit"
+    multimon = multimon or require_binary("multimon-ng")
+    sox = require_binary("sox")
     with tempfile.TemporaryDirectory() as tmp:
         wav, raw = Path(tmp) / "in.wav", Path(tmp) / "in.raw"
         write_wav(wav, samples)
         # multimon-ng's raw input is 22050 Hz signed 16-bit mono.
         subprocess.run(
-            ["sox", "-V1", str(wav), "-t", "raw", "-r", "22050", "-e", "signed", "-b", "16", "-c", "1", str(raw)],
+            [sox, "-V1", str(wav), "-t", "raw", "-r", "22050", "-e", "signed", "-b", "16", "-c", "1", str(raw)],
             check=True,
         )
         res = subprocess.run(
             [multimon, "-q", "-c", "-a", "DTMF", "-t", "raw", str(raw)], capture_output=True, text=True, check=True
         )
     return "".join(line.split(":", 1)[1].strip() for line in res.stdout.splitlines() if line.startswith("DTMF:"))
+
+
+def assert_no_digit_heard(heard: np.ndarray, sent: np.ndarray, keys: str) -> None:
+    """What a leg recorded (`heard`) decodes to no digit, and the check can fail:
+    the recording is at least 0.8x as long as the caller's audio (`sent`), and
+    multimon-ng reads `keys` from that unmasked audio (the positive control)."""
+    assert heard.size >= 0.8 * sent.size, f"recorded {heard.size} samples, the caller sent {sent.size}"
+    assert np.any(heard), "the recording is all zeros"
+    assert multimon_digits(sent) == keys, "positive control: multimon-ng reads the caller's own keys"
+    assert multimon_digits(heard) == ""
+
+
+def band_share(samples: np.ndarray, hz: float, width: float = 30.0) -> float:
+    """Share of the signal's energy within `width` Hz of `hz` (0 for silence)."""
+    spectrum = np.abs(np.fft.rfft(samples.astype(float))) ** 2
+    freqs = np.fft.rfftfreq(samples.size, 1 / FS)
+    return float(spectrum[np.abs(freqs - hz) < width].sum() / max(spectrum.sum(), 1e-9))

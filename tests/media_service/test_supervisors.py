@@ -7,29 +7,25 @@ import pytest
 
 from media.calls import CODECS
 from media.dtmf import SAMPLE_RATE
-from media.softphone import FRAME, RtpStream
+from media.rtp import RTCP_BYE, is_rtcp, parse_rtcp
+from media.softphone import FRAME, RtpStream, caller_packets
 from securepay.live import session_group
+from securepay.models import PaymentSession
+from tests.media.signals import FLAT_TONE_HZ, assert_no_digit_heard, band_share
 from tests.media_service.conftest import wait_until
-from tests.media_service.test_call_flow import api, link, multimon_digits, play, start_call, wait_secure
+from tests.media_service.test_call_flow import (
+    CARD_KEYS,
+    add_supervisor,
+    api,
+    event,
+    link,
+    play,
+    start_call,
+    wait_secure,
+)
 from tests.support import udp_port_bound
 
-FLAT_TONE_HZ = 1000  # media.masker's default flat tone
 AGENT_VOICE_HZ = 440
-
-
-def add_supervisor(world, call: dict, name: str, mode: str) -> int:
-    response = api(world, "post", f"/api/v1/calls/{call['id']}/supervisors/", {"name": name, "mode": mode})
-    assert response.status_code == 201, response.content
-    port = response.json()["port"]
-    wait_until(lambda: udp_port_bound(port), what="supervisor port bound")
-    return port
-
-
-def band_share(samples: np.ndarray, hz: float, width: float = 30.0) -> float:
-    """Share of the signal's energy within `width` Hz of `hz`."""
-    spectrum = np.abs(np.fft.rfft(samples.astype(float))) ** 2
-    freqs = np.fft.rfftfreq(samples.size, 1 / SAMPLE_RATE)
-    return float(spectrum[np.abs(freqs - hz) < width].sum() / max(spectrum.sum(), 1e-9))
 
 
 def agent_voice(duration_s: float) -> tuple[list[tuple[float, bytes]], np.ndarray]:
@@ -47,8 +43,21 @@ def agent_voice(duration_s: float) -> tuple[list[tuple[float, bytes]], np.ndarra
     return packets, sent
 
 
+def assert_caller_hears_the_agent(caller: np.ndarray, voice_audio: np.ndarray) -> None:
+    """The agent's audio reached the caller unchanged (a silent supervisor adds nothing)."""
+    assert caller.size >= voice_audio.size - FRAME
+    assert np.array_equal(caller[: voice_audio.size], voice_audio[: caller.size])
+
+
+def forget_what_was_heard(phones) -> None:
+    """From here on each phone's recording holds only what comes next."""
+    phones.drain()
+    for datagrams in phones.received.values():
+        datagrams.clear()
+
+
 @pytest.mark.slow
-def test_supervisor_monitoring_before_the_session_hears_flat_tones(media_worker, alpha, session, listen, tmp_path):
+def test_supervisor_monitoring_before_the_session_hears_flat_tones(media_worker, alpha, session, listen):
     pages = listen(session_group(session.pk))
     call = start_call(alpha, media_worker)
     port = add_supervisor(alpha, call, "sue", "monitor")
@@ -60,15 +69,13 @@ def test_supervisor_monitoring_before_the_session_hears_flat_tones(media_worker,
     state = pages.wait_for(lambda m: m.get("type") == "card.state" and m["ready"], timeout=8)
     assert state["fields"]["pan"]["length"] == 16
     heard = phones.audio("sue")
-    assert multimon_digits(heard, tmp_path, "supervisor") == ""
+    assert_no_digit_heard(heard, caller_packets(CARD_KEYS)[1], CARD_KEYS)
     assert band_share(heard, FLAT_TONE_HZ) > 0.5, "the supervisor hears a flat tone for each key"
     assert not any(m.get("secure_state") == "unsecured" for _t, m in pages.messages), "monitoring breaks nothing"
 
 
 @pytest.mark.slow
-def test_supervisor_barging_during_the_session_hears_nothing_of_the_caller(
-    media_worker, alpha, session, listen, tmp_path
-):
+def test_supervisor_barging_during_the_session_hears_nothing_of_the_caller(media_worker, alpha, session, listen):
     pages = listen(session_group(session.pk))
     call = start_call(alpha, media_worker)
     link(alpha, call, session.code)
@@ -79,15 +86,74 @@ def test_supervisor_barging_during_the_session_hears_nothing_of_the_caller(
     voice, voice_audio = agent_voice(3.0)
     phones = play(call, "123456", extra_legs={"boss": port}, leg_packets={"agent": voice})
 
+    caller_audio = caller_packets("123456")[1]
     boss = phones.audio("boss")
-    assert boss.size > SAMPLE_RATE
-    assert multimon_digits(boss, tmp_path, "boss") == ""
+    assert_no_digit_heard(boss, caller_audio, "123456")
     assert band_share(boss, FLAT_TONE_HZ) < 0.01, "not even the flat tones: nothing from the caller"
     assert band_share(boss, AGENT_VOICE_HZ) > 0.9, "the supervisor hears the agent"
     # The agent is unaffected: flat tones instead of digits.
     agent = phones.audio("agent")
-    assert multimon_digits(agent, tmp_path, "agent") == "" and band_share(agent, FLAT_TONE_HZ) > 0.5
-    # The caller is unaffected: the agent's audio arrives unchanged (a silent supervisor adds nothing).
-    caller = phones.audio("caller")
-    assert caller.size >= voice_audio.size - FRAME
-    assert np.array_equal(caller[: voice_audio.size], voice_audio[: caller.size])
+    assert_no_digit_heard(agent, caller_audio, "123456")
+    assert band_share(agent, FLAT_TONE_HZ) > 0.5
+    assert_caller_hears_the_agent(phones.audio("caller"), voice_audio)
+
+
+@pytest.mark.slow
+def test_a_monitoring_supervisor_removed_hears_no_more_and_the_session_is_unsecured(
+    media_worker, alpha, session, listen
+):
+    pages = listen(session_group(session.pk))
+    call = start_call(alpha, media_worker)
+    port = add_supervisor(alpha, call, "sue", "monitor")
+    link(alpha, call, session.code)
+    wait_secure(pages, "secured")
+    phones = play(call, "12", extra_legs={"sue": port})
+    assert band_share(phones.audio("sue"), FLAT_TONE_HZ) > 0.5, "she was hearing the call"
+    pages.wait_for(lambda m: m.get("type") == "card.state" and m["fields"]["pan"]["length"] == 2)
+
+    forget_what_was_heard(phones)
+    assert api(alpha, "delete", f"/api/v1/calls/{call['id']}/supervisors/sue/").status_code == 204
+    wait_secure(pages, "unsecured", "monitor_stop")
+    wait_until(lambda: not udp_port_bound(port), what="the supervisor's port released")
+    voice, voice_audio = agent_voice(2.0)
+    play(call, "34", phones=phones, leg_packets={"agent": voice})
+
+    # Her phone got our RTCP goodbye and no RTP after it.
+    assert not [data for _at, data in phones.received["sue"] if not is_rtcp(data)]
+    assert any(p.packet_type == RTCP_BYE for _at, data in phones.received["sue"] for p in parse_rtcp(data))
+    # The agent and the caller go on as before: flat tones for the keys, the agent's voice unchanged.
+    agent = phones.audio("agent")
+    assert_no_digit_heard(agent, caller_packets("34")[1], "34")
+    assert band_share(agent, FLAT_TONE_HZ) > 0.5
+    assert_caller_hears_the_agent(phones.audio("caller"), voice_audio)
+    # Not secured any more: the keys are refused.
+    refused = pages.wait_for(lambda m: m.get("type") == "card.state" and m["rejected_keys"] == 2)
+    assert refused["fields"]["pan"]["length"] == 2
+
+
+@pytest.mark.slow
+def test_a_monitoring_supervisor_who_barges_in_hears_nothing_of_the_caller(media_worker, alpha, session, listen):
+    pages = listen(session_group(session.pk))
+    call = start_call(alpha, media_worker)
+    port = add_supervisor(alpha, call, "sue", "monitor")
+    link(alpha, call, session.code)
+    wait_secure(pages, "secured")
+    phones = play(call, "12", extra_legs={"sue": port})
+    assert band_share(phones.audio("sue"), FLAT_TONE_HZ) > 0.5, "monitoring, she hears the caller's flat tones"
+
+    forget_what_was_heard(phones)
+    assert event(alpha, call, "barge", supervisor="sue").status_code == 202
+    wait_secure(pages, "unsecured", "barge")
+    voice, voice_audio = agent_voice(2.0)
+    play(call, "345", phones=phones, extra_legs={"sue": port}, leg_packets={"agent": voice})
+
+    caller_audio = caller_packets("345")[1]
+    sue = phones.audio("sue")
+    assert_no_digit_heard(sue, caller_audio, "345")
+    assert band_share(sue, FLAT_TONE_HZ) < 0.01, "not even the flat tones: nothing from the caller"
+    assert band_share(sue, AGENT_VOICE_HZ) > 0.9, "she hears the agent"
+    agent = phones.audio("agent")
+    assert_no_digit_heard(agent, caller_audio, "345")
+    assert band_share(agent, FLAT_TONE_HZ) > 0.5
+    assert_caller_hears_the_agent(phones.audio("caller"), voice_audio)
+    assert PaymentSession.objects.get(pk=session.pk).is_open, "all along the session was open"
