@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable
 
 from securepay.card import MAX_PAN_LENGTH, Card, cvv_length, detect_brand, expiry_ok, luhn_ok, pan_lengths
@@ -57,6 +56,7 @@ class CardCapture:
         store_card: Callable[[Card], None],
         discard_card: Callable[[], None],
         today: Callable[[], dt.date] = dt.date.today,
+        first_seq: int = 0,
     ) -> None:
         self.session_id = str(session_id)
         self.accepted_brands = frozenset(accepted_brands)
@@ -72,8 +72,8 @@ class CardCapture:
         self._stored = False
         self._sealed: dict | None = None  # the masked fields as sent for authorisation (see seal)
         # Pages drop a state whose seq is not above the last one they showed: a card entry
-        # created later (another call, a restarted worker) starts above any earlier one's.
-        self._seq = time.time_ns() // 1000
+        # created later (another call, a restarted worker) must start above any earlier one's.
+        self._seq = first_seq
         self.rejected_keys = 0  # digits keyed while not secured, refused
 
     # --- inputs -------------------------------------------------------------------
@@ -133,9 +133,8 @@ class CardCapture:
         self._digits = dict.fromkeys(FIELDS, "")
         self._pan_ended = False
         self._active = "pan"
-        self._stored = False
         self._sealed = None
-        self._discard_card()
+        self._drop_vault_copy()
         self._emit()
 
     def seal(self) -> None:
@@ -201,8 +200,7 @@ class CardCapture:
     def _after_change(self, advance: bool) -> None:
         # A stored card no longer matches what is keyed: drop it before anything else.
         if self._stored:
-            self._discard_card()
-            self._stored = False
+            self._drop_vault_copy()
         if advance:
             self._active = next((f for f in FIELDS if not self._complete(f)), None)
         if self._fields_valid():
@@ -212,7 +210,16 @@ class CardCapture:
             except Exception as exc:  # the vault is down: not ready (no payment), the keys go on
                 # The type only: a message or traceback could carry what was being stored.
                 logger.error("session %s: the keyed card could not be stored (%s)", self.session_id, type(exc).__name__)
+                self._drop_vault_copy()  # in case it was written before the failure
         self._emit()
+
+    def _drop_vault_copy(self) -> None:
+        """Not ready from here on, whether or not the vault answers."""
+        self._stored = False
+        try:
+            self._discard_card()
+        except Exception as exc:  # the vault is down: its copy expires with its TTL
+            logger.error("session %s: the stored card could not be discarded (%s)", self.session_id, type(exc).__name__)
 
     def _emit(self) -> None:
         self._seq += 1

@@ -487,22 +487,28 @@ class MediaWorker:
             return str(session.pk)
 
 
-_inprocess: dict[int, asyncio.Task] = {}
+_inprocess: dict[int, tuple[MediaWorker, asyncio.Task]] = {}
+INPROCESS_START_TIMEOUT_S = 10.0
 
 
 async def ensure_inprocess() -> None:
-    """Demo: run the worker on this (Daphne's) event loop, once."""
+    """Demo: run the worker on this (Daphne's) event loop, once; return when it is ready
+    (also for a request that arrives while it starts). Raises WorkerUnavailable when it
+    fails to start, or takes longer than INPROCESS_START_TIMEOUT_S."""
     loop = asyncio.get_running_loop()
-    task = _inprocess.get(id(loop))
+    worker, task = _inprocess.get(id(loop), (None, None))
     if task is None or task.done():
         worker = MediaWorker()
         # A fresh context: started from a request, the task would inherit asgiref's
         # per-request executor, which quits with the request and breaks every later
         # database_sync_to_async of the worker.
-        task = _inprocess[id(loop)] = loop.create_task(worker.run(), context=contextvars.Context())
-        ready = asyncio.ensure_future(worker.ready.wait())
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():  # the worker failed to start (database, channel layer): no call can be relayed
-            ready.cancel()
-            error = None if task.cancelled() else task.exception()
-            raise WorkerUnavailable(f"the in-process media worker did not start: {error!r}") from error
+        task = loop.create_task(worker.run(), context=contextvars.Context())
+        _inprocess[id(loop)] = (worker, task)
+    if worker.ready.is_set():
+        return
+    ready = asyncio.ensure_future(worker.ready.wait())
+    await asyncio.wait({task, ready}, timeout=INPROCESS_START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():  # failed to start (database, channel layer), or stuck: no call can be relayed
+        ready.cancel()
+        error = task.exception() if task.done() and not task.cancelled() else None
+        raise WorkerUnavailable(f"the in-process media worker did not start: {error or 'timed out'!r}") from error

@@ -97,8 +97,8 @@ class Call(models.Model):
         from securepay.live import hub
 
         self.end(EndReason.HANGUP)
-        tell_worker(self, {"type": "call.event", "event": "hangup", "supervisor": None})
         if self.session_id is None:
+            tell_worker(self, {"type": "call.event", "event": "hangup", "supervisor": None})
             return
         session_id = self.session_id
 
@@ -113,7 +113,9 @@ class Call(models.Model):
             except PaymentSession.DoesNotExist:
                 pass
 
-        transaction.on_commit(unsecure)
+        # First, and whatever happens to the message: the row has ended for good.
+        transaction.on_commit(unsecure, robust=True)
+        tell_worker(self, {"type": "call.event", "event": "hangup", "supervisor": None})
 
     def claim_session(self, session_id) -> list[Call]:
         """Link this call to the session; its other live calls lose it (one live call per
@@ -247,7 +249,10 @@ def tell_worker(call: Call, message: dict) -> None:
     def send() -> None:
         async_to_sync(get_channel_layer().group_send)(worker_group(call.worker_id), {**message, "call": str(call.pk)})
 
-    transaction.on_commit(send)
+    # Robust: the change is committed whatever the channel layer does (a worker that misses
+    # a start ends the call after the RTP timeout; one that misses a hangup, at the RTP
+    # timeout too); the failure is logged, and the request that made the change succeeds.
+    transaction.on_commit(send, robust=True)
 
 
 def start_call(tenant: Tenant, worker_id: str | None = None, **fields) -> Call:

@@ -48,7 +48,7 @@ UNAVAILABLE = OpenApiResponse(
     ErrorSerializer,
     description="`worker_unavailable`: the media worker is not running; `no_free_port`: no RTP port left.",
 )
-SUPERVISOR_EVENTS = ("barge", "monitor_stop")  # the events that concern one supervisor leg
+SUPERVISOR_EVENTS = ("barge", "monitor_stop")  # the events that may concern one supervisor leg
 
 
 class HasApiKey(permissions.BasePermission):
@@ -166,13 +166,11 @@ class EventSerializer(serializers.Serializer):
     supervisor = serializers.SlugField(
         max_length=64,
         required=False,
-        help_text="For barge/monitor_stop: which supervisor leg it concerns (required when the call has any).",
+        help_text=(
+            "For barge/monitor_stop: which supervisor leg of this call barges or stops (without it the "
+            "event only breaks the secure state: a supervisor on the PBX's side). Ignored for other events."
+        ),
     )
-
-    def validate(self, data: dict) -> dict:
-        if "supervisor" in data and data["event"] not in SUPERVISOR_EVENTS:
-            raise serializers.ValidationError({"supervisor": ["Only barge and monitor_stop concern a supervisor."]})
-        return data
 
 
 def conflict(code: str, detail: str) -> Response:
@@ -287,10 +285,10 @@ class CallEventView(CallView):
             call = self.lock_call(request, call_id)
             if (ended := conflict_if_ended(call)) is not None:
                 return ended
+            if event not in SUPERVISOR_EVENTS:
+                supervisor = None  # a break is never refused for a stray field (fail closed)
             if supervisor is not None and supervisor not in call.supervisors:
                 raise serializers.ValidationError({"supervisor": ["No such supervisor on this call."]})
-            if supervisor is None and event in SUPERVISOR_EVENTS and call.supervisors:
-                raise serializers.ValidationError({"supervisor": ["This call has supervisor legs: say which one."]})
             if event == "hangup":
                 call.hang_up(api_actor(request))
             else:
@@ -345,6 +343,7 @@ class CallSupervisorListView(CallView):
             elif address and address != entry["address"]:
                 return conflict("supervisor_exists", f"Supervisor {name} is on this call from another address.")
             elif entry["mode"] == mode:
+                tell_worker(call, {"type": "call.supervisor", "name": name, "mode": mode})  # reopens a failed leg
                 return Response({"name": name, **entry})
             elif mode == MONITOR and call.session_id is not None and call.session.is_open:
                 return conflict(

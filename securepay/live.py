@@ -14,8 +14,9 @@ The protocol (the real media worker speaks the same one):
   keyed card), ``submitted`` (the card went for authorisation: its digits
   leave the worker's memory), ``end`` (session over: forget it, discard the
   vault copy), ``snapshot`` (+ ``"reply_to"``: a channel name to send the
-  current ``card.state`` to) and ``claimed`` (+ ``"hub"``: that worker holds
-  the session's card entry now; any other drops its own). Commands never
+  current ``card.state`` to) and ``claimed`` (+ ``"hub"``, ``"claim"``: that
+  worker holds the session's card entry since the session event ``claim``; any
+  other drops an entry of an earlier claim). Commands never
   carry digits. A worker ignores commands for sessions whose call it does not hold.
 
 `MediaHub` is the media worker of the demo profile (MEDIA_WORKER_MODE=
@@ -38,7 +39,7 @@ from django.db import transaction
 from django.dispatch import receiver
 
 from media.capture import FIELDS, CardCapture
-from securepay.models import BreakReason, IllegalTransition, PaymentAttempt, PaymentSession, Status
+from securepay.models import BreakReason, IllegalTransition, PaymentAttempt, PaymentSession, SessionEvent, Status
 from securepay.signals import session_transitioned
 from securepay.vault import get_vault
 
@@ -50,6 +51,10 @@ MEDIA_ACTOR = "media-worker"
 # What an agent page may ask for; `clear` and `end` come from the web tier's views.
 AGENT_COMMANDS = frozenset({"activate", "reset"})
 RESULT_STATUSES = (Status.APPROVED, Status.DECLINED, Status.ERROR)
+# card.state seq of a card entry: its claim (a session event id) times this, plus its own
+# count - above any earlier card entry's in any process (JavaScript's exact integers last
+# up to ~9e10 events).
+SEQ_PER_CLAIM = 100_000
 CARD_CLEARING_MOVES = frozenset(
     {(Status.DETAILS, Status.CARD_ENTRY), (Status.CARD_ENTRY, Status.DECLINED), (Status.CARD_ENTRY, Status.ERROR)}
 )
@@ -143,6 +148,7 @@ class MediaHub:
     def __init__(self) -> None:
         self.hub_id = uuid.uuid4().hex  # names this hub in `claimed` commands
         self._captures: dict[str, CardCapture] = {}
+        self._claims: dict[str, int] = {}  # session -> the session event of its latest link here
         self._lock = threading.RLock()
         self._listener: asyncio.Task | None = None
         self._listening: asyncio.Event | None = None
@@ -171,7 +177,10 @@ class MediaHub:
             # create a card entry for a session that has ended since.
             if not PaymentSession.objects.filter(pk=session_id).open().exists():
                 raise IllegalTransition(session_id, Status.ENDED, "linked")
-            self._capture_for(session).set_secured(not on_hold)
+            # This link's event (just written under the session's lock) orders it among all links.
+            claim = SessionEvent.objects.filter(session_id=session_id).order_by("-id").values_list("id", flat=True)[0]
+            self._claims[str(session_id)] = claim
+            self._capture_for(session, claim).set_secured(not on_hold)
         broadcast_session_state(session)
         return True
 
@@ -181,10 +190,11 @@ class MediaHub:
         reason: str,
         only_if: Callable[[PaymentSession], bool] | None = None,
         actor: str = MEDIA_ACTOR,
-    ) -> None:
+    ) -> bool:
         """Hold, hang-up, ...: refuse digits first (fail closed), then record why
         (`only_if`: see PaymentSession.mark_unsecured). An ended session (its `end`
-        command may have been lost) loses its card entry instead."""
+        command may have been lost) loses its card entry instead. False when `only_if`
+        did not hold (nothing recorded)."""
         with self._lock:
             capture = self._captures.get(str(session_id))
             if capture is not None:
@@ -193,23 +203,26 @@ class MediaHub:
         if not session.is_open:
             self.release(session_id)
             get_vault().discard(session_id)
-            return
-        if session.mark_unsecured(reason, actor, only_if=only_if):
-            broadcast_session_state(session)
+            return True
+        if not session.mark_unsecured(reason, actor, only_if=only_if):
+            return False
+        broadcast_session_state(session)
+        return True
 
     def lose_link(
         self, session_id, only_if: Callable[[PaymentSession], bool] | None = None, actor: str = MEDIA_ACTOR
     ) -> None:
         """The worker of the session's call is gone (restarted, or lost for good): unsecured
         (`link_lost`), and the card keyed on that call must not outlive the card entry that
-        died with it."""
-        self.break_link(session_id, BreakReason.LINK_LOST, only_if=only_if, actor=actor)
-        get_vault().discard(session_id)
+        died with it - unless `only_if` found the session secured for another call since."""
+        if self.break_link(session_id, BreakReason.LINK_LOST, only_if=only_if, actor=actor):
+            get_vault().discard(session_id)
 
     def release(self, session_id) -> None:
         """Another call took the session: refuse digits here and forget its card entry
         (the secure state is recorded by whoever secures it next)."""
         with self._lock:
+            self._claims.pop(str(session_id), None)
             capture = self._captures.pop(str(session_id), None)
             if capture is not None:
                 capture.set_secured(False)
@@ -258,9 +271,12 @@ class MediaHub:
             elif command == "submitted":
                 capture.seal()
             elif command == "claimed":
-                if message.get("hub") != self.hub_id:  # another worker's call holds the session now
+                # Another worker's call linked the session after this one last did (a late
+                # message of an earlier claim leaves a newer card entry here alone).
+                if message.get("hub") != self.hub_id and self._claims.get(session_id, 0) < message.get("claim", 0):
                     self.release(session_id)
             elif command == "end":
+                self._claims.pop(session_id, None)
                 del self._captures[session_id]
                 get_vault().discard(session_id)
             else:
@@ -290,15 +306,17 @@ class MediaHub:
             await layer.group_discard(MEDIA_GROUP, channel)
 
     # --- internals ----------------------------------------------------------------------
-    def _capture_for(self, session: PaymentSession) -> CardCapture:
+    def _capture_for(self, session: PaymentSession, claim: int) -> CardCapture:
         key = str(session.pk)
         if key not in self._captures:
             vault = get_vault()
             # A new card entry starts empty: a card keyed on an earlier call (another worker,
-            # one that restarted) must not be charged while the page shows empty fields, and
-            # a card entry another worker still holds for the session must go.
-            vault.discard(key)
-            send_media_command(key, "claimed", hub=self.hub_id)
+            # one that restarted) must not be charged while the page shows empty fields -
+            # unless it is being charged now - and a card entry another worker still holds
+            # for the session must go.
+            if session.status != Status.PROCESSING:
+                vault.discard(key)
+            send_media_command(key, "claimed", hub=self.hub_id, claim=claim)
             self._captures[key] = CardCapture(
                 key,
                 accepted_brands=session.template.accepted_brand_set,
@@ -306,6 +324,7 @@ class MediaHub:
                 publish=lambda state: async_to_sync(get_channel_layer().group_send)(session_group(key), state),
                 store_card=lambda card: vault.put(key, card),
                 discard_card=lambda: vault.discard(key),
+                first_seq=claim * SEQ_PER_CLAIM,
             )
         return self._captures[key]
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.core.management import call_command
 from django.urls import reverse
 
-from securepay.live import MediaHub, hub
+from securepay.live import MEDIA_GROUP, MediaHub, hub, media_command
 from securepay.models import PaymentSession, Status
 from securepay.vault import get_vault
 from tenants.models import PageTemplate
@@ -211,11 +213,16 @@ def test_keys_count_only_while_the_page_is_at_card_entry(alpha, django_capture_o
     session.start_card_entry("user:test", details={"first_name": "Ada"}, amount_minor=1250)
     assert capture.state()["fields"]["pan"]["length"] == 0  # Next starts empty
     key_card(session.pk, VISA_OK + FUTURE_EXPIRY + "123")
+    layer = get_channel_layer()
+    worker_channel = async_to_sync(layer.new_channel)("media.hub.")
+    async_to_sync(layer.group_add)(MEDIA_GROUP, worker_channel)  # what a media worker hears
     with django_capture_on_commit_callbacks(execute=True):
         alpha.client_for("agent").post(session_url("agent-session-process", session))
     session.refresh_from_db()
     assert session.status == Status.APPROVED
-    hub.handle_command({"session": str(session.pk), "command": "submitted"})  # as the listener applies it
+    submitted = async_to_sync(layer.receive)(worker_channel)
+    assert (submitted["command"], submitted["session"]) == ("submitted", str(session.pk))
+    hub.handle_command(submitted)  # as the worker's listener applies it
     assert set(capture._digits.values()) == {""}  # the CVV is not kept after the attempt
     assert capture.state()["fields"]["pan"]["length"] == 16  # the page still shows what was sent
     key_card(session.pk, "123")  # after the result: refused, nothing stored again
@@ -225,13 +232,32 @@ def test_keys_count_only_while_the_page_is_at_card_entry(alpha, django_capture_o
     assert capture.state()["rejected_keys"] == 42 and not get_vault().has_card(session.pk)
 
 
+def claimed(session: PaymentSession, by: MediaHub) -> dict:
+    """The `claimed` command `by` sent when it created its card entry for the session."""
+    return media_command(session.pk, "claimed", hub=by.hub_id, claim=by._claims[str(session.pk)])
+
+
 def test_a_new_card_entry_starts_empty_and_the_old_one_goes(alpha):
     session = secured_with_card(alpha)
     assert get_vault().has_card(session.pk)
+    old_seq = hub._captures[str(session.pk)].state()["seq"]
     elsewhere = MediaHub()  # the session's new call is on another worker
     elsewhere.link(session.pk)
     assert not get_vault().has_card(session.pk)  # no card the page does not show can be charged
-    claimed = {"session": str(session.pk), "command": "claimed", "hub": elsewhere.hub_id}
-    elsewhere.handle_command(claimed)  # its own claim: kept
-    hub.handle_command(claimed)  # as this worker's listener applies it
+    assert elsewhere._captures[str(session.pk)].state()["seq"] > old_seq  # the page shows the new one
+    elsewhere.handle_command(claimed(session, elsewhere))  # its own claim: kept
+    hub.handle_command(claimed(session, elsewhere))  # as this worker's listener applies it
     assert str(session.pk) in elsewhere._captures and str(session.pk) not in hub._captures
+
+
+def test_a_late_claim_leaves_a_newer_card_entry_alone(alpha):
+    session = secured_with_card(alpha)
+    elsewhere = MediaHub()
+    elsewhere.link(session.pk)  # call B on another worker ...
+    late = claimed(session, elsewhere)
+    hub.release(session.pk)  # ... this worker hears that its call A lost the session,
+    hub.link(session.pk)  # then A takes it back: a new card entry here
+    hub.handle_command(late)  # B's claim arrives only now
+    assert str(session.pk) in hub._captures
+    elsewhere.handle_command(claimed(session, hub))
+    assert str(session.pk) not in elsewhere._captures

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.db import connection, transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from media import service as media_service
 from media.service import MediaWorker, parse_address
 from securepay.calls import Call, MediaWorkerBeat
 from securepay.models import BreakReason, PaymentSession, SecureState
@@ -280,6 +283,23 @@ def test_a_hangup_unsecures_the_session_even_with_its_worker_gone(transactional_
     assert session.events.filter(kind="secure", detail=BreakReason.HANGUP).count() == 1
 
 
+def test_a_hangup_leaves_a_session_claimed_and_secured_before_its_unsecuring_ran(
+    alpha, django_capture_on_commit_callbacks
+):
+    session = open_session(alpha)
+    first = api(alpha, "post", "/api/v1/calls/").json()
+    assert api(alpha, "post", f"/api/v1/calls/{first['id']}/link/", {"code": session.code}).status_code == 200
+    with django_capture_on_commit_callbacks() as after_commit, transaction.atomic():
+        Call.objects.select_for_update().get(pk=first["id"]).hang_up("api:test")
+    second = api(alpha, "post", "/api/v1/calls/").json()  # meanwhile another call takes the session ...
+    assert api(alpha, "post", f"/api/v1/calls/{second['id']}/link/", {"code": session.code}).status_code == 200
+    session.mark_secured("media-worker", "main")  # ... and its worker secures it
+    for callback in after_commit:  # the hang-up's unsecuring runs only now
+        callback()
+    session.refresh_from_db()
+    assert session.secure_state == SecureState.SECURED
+
+
 def test_a_hangup_leaves_a_session_another_live_call_took_since(transactional_db, alpha):
     session = open_session(alpha)
     first = api(alpha, "post", "/api/v1/calls/").json()
@@ -317,14 +337,19 @@ def test_a_session_that_ended_cannot_be_linked(alpha):
 
 
 # --- events and supervisors: what each one concerns --------------------------------------
-def test_an_event_names_a_supervisor_only_when_it_concerns_one(alpha):
+def test_a_break_is_never_refused_for_what_it_says_of_supervisors(alpha, monkeypatch):
+    sent = []
+    monkeypatch.setattr("securepay.calls_api.tell_worker", lambda call, message: sent.append(message))
     call_id, base = call_with_sue(alpha)
+    # A barge or monitor stop on the PBX's side names no leg of ours; a stray name on a hold is no reason
+    # to leave the session secured (fail closed).
     for body in ({"event": "hold", "supervisor": "sue"}, {"event": "monitor_stop"}, {"event": "barge"}):
-        refused = api(alpha, "post", base + "events/", body)
-        assert refused.status_code == 400 and set(refused.json()) == {"supervisor"}, body
-    assert Call.objects.get(pk=call_id).supervisors["sue"]["mode"] == "monitor"
-    bare = api(alpha, "post", "/api/v1/calls/").json()  # no supervisor leg: the event alone is the signal
-    assert api(alpha, "post", f"/api/v1/calls/{bare['id']}/events/", {"event": "monitor_stop"}).status_code == 202
+        assert api(alpha, "post", base + "events/", body).status_code == 202, body
+    events = [(m["event"], m["supervisor"]) for m in sent if m["type"] == "call.event"]
+    assert events == [("hold", None), ("monitor_stop", None), ("barge", None)]
+    assert Call.objects.get(pk=call_id).supervisors["sue"]["mode"] == "monitor"  # her leg untouched
+    unknown = api(alpha, "post", base + "events/", {"event": "barge", "supervisor": "zed"})
+    assert unknown.status_code == 400 and set(unknown.json()) == {"supervisor"}
 
 
 def test_bad_input_on_an_ended_call_is_still_a_field_error(alpha):
@@ -375,3 +400,22 @@ def test_the_schema_documents_what_the_call_endpoints_answer():
         operation = paths[path][method]
         assert set(operation["responses"]) == codes, (path, method)
         assert all("cookieAuth" not in scheme for scheme in operation["security"]), (path, method)
+
+
+def test_requests_arriving_while_the_in_process_worker_starts_wait_until_it_is_ready(transactional_db, settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+    async def two_requests() -> list[bool]:
+        async def request() -> bool:
+            await media_service.ensure_inprocess()
+            worker, _task = media_service._inprocess[id(asyncio.get_running_loop())]
+            return worker.ready.is_set()
+
+        answers = await asyncio.gather(request(), request())
+        _worker, task = media_service._inprocess.pop(id(asyncio.get_running_loop()))
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return answers
+
+    assert async_to_sync(two_requests)() == [True, True]
+    assert MediaWorkerBeat.is_alive(settings.MEDIA_WORKER_ID)

@@ -33,7 +33,7 @@ from securepay import calls as calls_module
 from securepay.calls import Call, CallNotLive, CallState, EndReason, MediaWorkerBeat, link_call, start_call
 from securepay.live import MediaHub
 from securepay.models import BreakReason, IllegalTransition, PaymentSession, SecureState
-from tests.media_service.test_supervisors import band_share
+from tests.media.signals import band_share
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

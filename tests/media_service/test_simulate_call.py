@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 
 from securepay.calls import Call, CallState, EndReason
 from securepay.live import hub
@@ -105,3 +105,12 @@ def test_a_stopped_command_hangs_up_its_call(alpha, vault_key):
     call = Call.objects.get(reference="simulate_call")
     assert call.state == CallState.ENDED and call.end_reason == EndReason.HANGUP
     assert not PaymentSession.objects.get(pk=session.pk).is_secured
+
+
+def test_with_no_media_worker_running_it_fails_with_one_line_and_starts_no_call(alpha, settings):
+    settings.MEDIA_WORKER_MODE = "external"  # the web tier's worker is a separate process: none runs
+    session = open_session(alpha)
+    with pytest.raises(CommandError) as failed:
+        simulate(session)
+    assert str(failed.value) == "media worker main is not running (is `manage.py media_worker` running?)"
+    assert not Call.objects.exists()

@@ -30,7 +30,16 @@ from media.codecs import write_wav
 from media.phones import Phones
 from media.service import MediaWorker
 from media.softphone import KEY_MODES, caller_packets, silence_packets
-from securepay.calls import Call, CallState, NoFreePort, UnknownCode, link_call, start_call, tell_worker
+from securepay.calls import (
+    Call,
+    CallState,
+    NoFreePort,
+    UnknownCode,
+    WorkerUnavailable,
+    link_call,
+    start_call,
+    tell_worker,
+)
 from securepay.models import PaymentSession
 from tenants.management.commands._base import OperatorCommand
 from tenants.models import Tenant
@@ -126,6 +135,8 @@ class Command(OperatorCommand):
             )
         except NoFreePort as exc:
             raise self.fail(str(exc))
+        except WorkerUnavailable as exc:
+            raise self.fail(f"{exc} (is `manage.py media_worker` running?)")
 
     async def _wait_secured(self, session_id) -> None:
         deadline = time.monotonic() + LINK_WAIT_S
