@@ -62,6 +62,7 @@ from media.rtp import (
 CALLER, AGENT, SUPERVISOR = "caller", "agent", "supervisor"
 MONITOR, BARGE = "monitor", "barge"
 SUPERVISOR_MODES = (MONITOR, BARGE)
+SUPERVISOR_EVENTS = ("barge", "monitor_stop")  # telephony events (media.service) that may name a supervisor leg
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from collections.abc import Callable
 
 from securepay.card import MAX_PAN_LENGTH, Card, cvv_length, detect_brand, expiry_ok, luhn_ok, pan_lengths
 
-FIELDS = ("pan", "expiry", "cvv")
-EXPIRY_LENGTH = 4
 logger = logging.getLogger(__name__)
 
+FIELDS = ("pan", "expiry", "cvv")
+EXPIRY_LENGTH = 4
 DIGITS = frozenset("0123456789")
 CLEAR_KEY = "*"
 END_KEY = "#"
@@ -74,7 +74,7 @@ class CardCapture:
         # Pages drop a state whose seq is not above the last one they showed: a card entry
         # created later (another call, a restarted worker) must start above any earlier one's.
         self._seq = first_seq
-        self.rejected_keys = 0  # digits keyed while not secured, refused
+        self.rejected_keys = 0  # keys refused: call not secured, not at card entry, or card sent
 
     # --- inputs -------------------------------------------------------------------
     def key(self, digit: str) -> None:
@@ -102,7 +102,8 @@ class CardCapture:
             self._after_change(advance=self._complete(field))
 
     def refuse(self, digit: str) -> None:
-        """A key pressed while its call was not secured: counted (the agent sees it), never kept."""
+        """A key that may not land in a field (its call was not secured, the page is not at card
+        entry, the card was sent): counted (the agent sees it), never kept."""
         self._check_key(digit)
         self.rejected_keys += 1
         self._emit()

@@ -31,11 +31,18 @@ session another live call holds), and a worker secures it, or records a break,
 only while its call holds it - asked under that same lock, so a later claim
 always wins; a call that lost it loses its keys, and its worker unsecures the
 session only if it was the one that had secured it. Hold, switch_line,
-monitor_stop, barge and hangup unsecure with that reason; no RTP for
-MEDIA_RTP_TIMEOUT_SECONDS tears the call down (`link_lost`); a worker that
-starts ends the calls a previous run left live and unsecures their open
-sessions and every session it had secured (`link_lost`) - never silently secure. Masking of the caller's key
-tones never depends on any of this: every call is masked, always.
+monitor_stop, barge and hangup unsecure with that reason (after any break but
+hold the worker listens for the agent's code again, so keying it re-secures); a
+hangup has already ended the row and unsecured the session in the API (the
+worker may be gone) - the worker stops relaying. No RTP for
+MEDIA_RTP_TIMEOUT_SECONDS tears the call down (`link_lost`), and so does a call
+of this worker it never relayed (its start message was lost), at its next sign
+of life (MediaWorkerBeat, every BEAT_INTERVAL_S; the API starts calls only on a
+worker seen lately). A worker that starts ends the calls a previous run left
+live and unsecures their open sessions and every session it had secured
+(`link_lost`) - never silently secure. Masking of the caller's key tones never
+depends on any of this: every call is masked, always, as its tenant chose
+(`Tenant.key_masking`: one flat tone or silence per key).
 
 In the demo (MEDIA_WORKER_MODE=inprocess) the worker runs as a task on the
 Daphne event loop, started by the first call the API creates (`ensure_inprocess`).
@@ -371,7 +378,7 @@ class MediaWorker:
             return
         if event == "hold":
             link.on_hold = True
-        if supervisor and event in ("barge", "monitor_stop"):
+        if supervisor and event in media_calls.SUPERVISOR_EVENTS:
             await self._supervisor(call_id, supervisor, "barge" if event == "barge" else None, secure_effect=False)
         await self._break(call_id, CALL_BREAKS[event])
 

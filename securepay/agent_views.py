@@ -109,7 +109,7 @@ def _session_page(request: HttpRequest, session: PaymentSession, details_form: f
                 "reference": _("Gateway reference"),
                 "declined": _("Declined"),
                 "error": _("Not processed"),
-                "keys_refused": _("Keys pressed while not secured were ignored: %(count)s"),
+                "keys_refused": _("Keys ignored (call not secured, or card not being keyed): %(count)s"),
                 "connection_lost": _("Connection lost. Reconnecting…"),
                 "agent_messages": agent_message_labels(),
             },

@@ -18,6 +18,7 @@ from django.db import models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from media.calls import BARGE, MONITOR, SUPERVISOR_EVENTS
 from securepay.models import BreakReason, PaymentSession, SecureState
 from tenants.models import Tenant, TenantScopedManager
 
@@ -50,6 +51,14 @@ class NoFreePort(Exception):
 
 class WorkerUnavailable(Exception):
     """The media worker is not running (no recent sign of life, or it failed to start)."""
+
+
+class SupervisorConflict(Exception):
+    """A supervisor leg cannot change so: `code` says why (the API's 409)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
 
 
 class Call(models.Model):
@@ -90,8 +99,61 @@ class Call(models.Model):
         self.state, self.end_reason, self.ended_at = CallState.ENDED, reason, timezone.now()
         self.save(update_fields=["state", "end_reason", "ended_at"])
 
+    # The methods below run with the row locked by the caller (select_for_update): they
+    # read `supervisors` and write it back.
+    def telephony_event(self, event: str, supervisor: str | None, actor: str) -> None:
+        """Hold, unhold, switch_line, monitor_stop, barge or hangup, for the worker to carry
+        out. A break is never refused (fail closed): a supervisor name that is not one of the
+        call's legs (or on another event) is dropped, and the event only breaks - a
+        supervisor on the PBX's side."""
+        if event == "hangup":
+            self.hang_up(actor)
+            return
+        if event not in SUPERVISOR_EVENTS or supervisor not in self.supervisors:
+            supervisor = None
+        if supervisor is not None and event == "barge" and self.supervisors[supervisor]["mode"] != BARGE:
+            self.supervisors[supervisor]["mode"] = BARGE
+            self.save(update_fields=["supervisors"])
+        elif supervisor is not None and event == "monitor_stop":
+            del self.supervisors[supervisor]
+            self.save(update_fields=["supervisors"])
+        tell_worker(self, {"type": "call.event", "event": event, "supervisor": supervisor})
+
+    def put_supervisor(self, name: str, mode: str, address: str) -> tuple[dict, bool]:
+        """Add a supervisor leg, or change its mode: (its entry, whether it is new). A leg keeps
+        its address; a barging supervisor hears nothing of the caller while the session is open,
+        so barge does not turn back into monitor then (DESIGN). The worker is told even when
+        nothing changed: it reopens a leg that failed to bind. Raises NoFreePort, SupervisorConflict."""
+        entry = self.supervisors.get(name)
+        created = entry is None
+        if created:
+            (port,) = allocate_ports(self.worker_id, 1)
+            entry = {"port": port, "address": address, "mode": mode}
+        elif address and address != entry["address"]:
+            raise SupervisorConflict("supervisor_exists", f"Supervisor {name} is on this call from another address.")
+        elif mode == MONITOR and entry["mode"] == BARGE and self.session_id and self.session.is_open:
+            raise SupervisorConflict(
+                "barged_during_session",
+                "A supervisor who barged in hears nothing from the caller while the session is open.",
+            )
+        if created or entry["mode"] != mode:
+            entry["mode"] = mode
+            self.supervisors[name] = entry
+            self.save(update_fields=["supervisors"])
+        tell_worker(self, {"type": "call.supervisor", "name": name, "mode": mode})
+        return entry, created
+
+    def remove_supervisor(self, name: str) -> bool:
+        """False when there is no such leg."""
+        if name not in self.supervisors:
+            return False
+        del self.supervisors[name]
+        self.save(update_fields=["supervisors"])
+        tell_worker(self, {"type": "call.supervisor", "name": name, "mode": None})
+        return True
+
     def hang_up(self, actor: str) -> None:
-        """The integration reports the call over (row locked by the caller): it ends now - a
+        """The integration reports the call over: it ends now - a
         second hang-up or a link gets 409 - and its worker is told to stop relaying. The
         session it held is unsecured after commit, whether or not that worker is still there."""
         from securepay.live import hub
@@ -170,10 +232,13 @@ class MediaWorkerBeat(models.Model):
         cls.objects.update_or_create(worker_id=worker_id, defaults={"seen_at": timezone.now()})
 
     @classmethod
+    def seen_within(cls, seconds: float, now: datetime | None = None) -> models.QuerySet:
+        return cls.objects.filter(seen_at__gte=(now or timezone.now()) - timedelta(seconds=seconds))
+
+    @classmethod
     def is_alive(cls, worker_id: str) -> bool:
         """Seen within the last WORKER_UNAVAILABLE_BEATS beats."""
-        cutoff = timezone.now() - timedelta(seconds=BEAT_INTERVAL_S * WORKER_UNAVAILABLE_BEATS)
-        return cls.objects.filter(worker_id=worker_id, seen_at__gte=cutoff).exists()
+        return cls.seen_within(BEAT_INTERVAL_S * WORKER_UNAVAILABLE_BEATS).filter(worker_id=worker_id).exists()
 
 
 def end_calls_of_lost_workers(now: datetime | None = None) -> int:
@@ -186,7 +251,8 @@ def end_calls_of_lost_workers(now: datetime | None = None) -> int:
 
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.MEDIA_WORKER_LOST_SECONDS)
-    alive = set(MediaWorkerBeat.objects.filter(seen_at__gte=cutoff).values_list("worker_id", flat=True))
+    recent = MediaWorkerBeat.seen_within(settings.MEDIA_WORKER_LOST_SECONDS, now)
+    alive = set(recent.values_list("worker_id", flat=True))
     calls = list(
         Call.objects.filter(state=CallState.LIVE, created_at__lt=cutoff).exclude(worker_id__in=alive)
     )  # a call younger than the cutoff may belong to a worker that is just starting

@@ -1,8 +1,10 @@
 """Call control for the telephony/CTI integration: `/api/v1/calls/...`.
 
 Tenant API keys only (a browser session cannot drive telephony). Each view
-changes the `Call` row and tells the call's media worker over the channel layer
-(protocol in `media.service`); the worker owns the media and the secure state.
+changes the `Call` row (its rules are `Call` methods) and tells the call's media
+worker over the channel layer (protocol in `media.service`); the worker owns the
+media and the secure state - but a hang-up ends the row and unsecures the session
+here at once, since its worker may be gone.
 """
 
 from __future__ import annotations
@@ -19,19 +21,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from media.calls import BARGE, CODECS, MONITOR, SUPERVISOR_MODES
+from media.calls import CODECS, SUPERVISOR_MODES
 from media.service import CALL_EVENTS, ensure_inprocess
 from securepay.api.views import api_actor
 from securepay.calls import (
     Call,
     CallNotLive,
     NoFreePort,
+    SupervisorConflict,
     UnknownCode,
     WorkerUnavailable,
-    allocate_ports,
     link_call,
     start_call,
-    tell_worker,
 )
 from tenants.api_auth import ApiKeyAuthentication, request_tenant
 from tenants.models import ApiKey
@@ -48,7 +49,6 @@ UNAVAILABLE = OpenApiResponse(
     ErrorSerializer,
     description="`worker_unavailable`: the media worker is not running; `no_free_port`: no RTP port left.",
 )
-SUPERVISOR_EVENTS = ("barge", "monitor_stop")  # the events that may concern one supervisor leg
 
 
 class HasApiKey(permissions.BasePermission):
@@ -163,12 +163,16 @@ class LinkSerializer(serializers.Serializer):
 
 class EventSerializer(serializers.Serializer):
     event = serializers.ChoiceField(choices=CALL_EVENTS)
-    supervisor = serializers.SlugField(
+    # Any text: a break is never refused for what it says of supervisors (fail closed).
+    supervisor = serializers.CharField(
         max_length=64,
         required=False,
+        allow_null=True,
+        allow_blank=True,
         help_text=(
-            "For barge/monitor_stop: which supervisor leg of this call barges or stops (without it the "
-            "event only breaks the secure state: a supervisor on the PBX's side). Ignored for other events."
+            "For barge/monitor_stop: which supervisor leg of this call barges or stops. Without it, or "
+            "naming no leg of this call, the event only breaks the secure state (a supervisor on the "
+            "PBX's side). Ignored for other events."
         ),
     )
 
@@ -285,20 +289,7 @@ class CallEventView(CallView):
             call = self.lock_call(request, call_id)
             if (ended := conflict_if_ended(call)) is not None:
                 return ended
-            if event not in SUPERVISOR_EVENTS:
-                supervisor = None  # a break is never refused for a stray field (fail closed)
-            if supervisor is not None and supervisor not in call.supervisors:
-                raise serializers.ValidationError({"supervisor": ["No such supervisor on this call."]})
-            if event == "hangup":
-                call.hang_up(api_actor(request))
-            else:
-                if supervisor is not None and event == "barge" and call.supervisors[supervisor]["mode"] != BARGE:
-                    call.supervisors[supervisor]["mode"] = BARGE
-                    call.save(update_fields=["supervisors"])
-                elif supervisor is not None and event == "monitor_stop":
-                    del call.supervisors[supervisor]
-                    call.save(update_fields=["supervisors"])
-                tell_worker(call, {"type": "call.event", "event": event, "supervisor": supervisor})
+            call.telephony_event(event, supervisor, api_actor(request))
         return Response(CallSerializer(call).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -332,28 +323,12 @@ class CallSupervisorListView(CallView):
             call = self.lock_call(request, call_id)
             if (ended := conflict_if_ended(call)) is not None:
                 return ended
-            entry = call.supervisors.get(name)
-            created = entry is None
-            if created:
-                try:
-                    (port,) = allocate_ports(call.worker_id, 1)
-                except NoFreePort as exc:
-                    return unavailable("no_free_port", str(exc))
-                entry = {"port": port, "address": address}
-            elif address and address != entry["address"]:
-                return conflict("supervisor_exists", f"Supervisor {name} is on this call from another address.")
-            elif entry["mode"] == mode:
-                tell_worker(call, {"type": "call.supervisor", "name": name, "mode": mode})  # reopens a failed leg
-                return Response({"name": name, **entry})
-            elif mode == MONITOR and call.session_id is not None and call.session.is_open:
-                return conflict(
-                    "barged_during_session",
-                    "A supervisor who barged in hears nothing from the caller while the session is open.",
-                )
-            entry["mode"] = mode
-            call.supervisors[name] = entry
-            call.save(update_fields=["supervisors"])
-            tell_worker(call, {"type": "call.supervisor", "name": name, "mode": mode})
+            try:
+                entry, created = call.put_supervisor(name, mode, address)
+            except NoFreePort as exc:
+                return unavailable("no_free_port", str(exc))
+            except SupervisorConflict as exc:
+                return conflict(exc.code, exc.detail)
         return Response({"name": name, **entry}, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
@@ -372,11 +347,8 @@ class CallSupervisorDetailView(CallView):
             call = self.lock_call(request, call_id)
             if (ended := conflict_if_ended(call)) is not None:
                 return ended
-            if name not in call.supervisors:
+            if not call.remove_supervisor(name):
                 return Response(
                     {"detail": "No such supervisor.", "code": "not_found"}, status=status.HTTP_404_NOT_FOUND
                 )
-            del call.supervisors[name]
-            call.save(update_fields=["supervisors"])
-            tell_worker(call, {"type": "call.supervisor", "name": name, "mode": None})
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -39,7 +39,7 @@ from django.db import transaction
 from django.dispatch import receiver
 
 from media.capture import FIELDS, CardCapture
-from securepay.models import BreakReason, IllegalTransition, PaymentAttempt, PaymentSession, SessionEvent, Status
+from securepay.models import BreakReason, IllegalTransition, PaymentAttempt, PaymentSession, Status
 from securepay.signals import session_transitioned
 from securepay.vault import get_vault
 
@@ -177,8 +177,7 @@ class MediaHub:
             # create a card entry for a session that has ended since.
             if not PaymentSession.objects.filter(pk=session_id).open().exists():
                 raise IllegalTransition(session_id, Status.ENDED, "linked")
-            # This link's event (just written under the session's lock) orders it among all links.
-            claim = SessionEvent.objects.filter(session_id=session_id).order_by("-id").values_list("id", flat=True)[0]
+            claim = session.secure_event_id  # this link's event: orders it among every link of the session
             self._claims[str(session_id)] = claim
             self._capture_for(session, claim).set_secured(not on_hold)
         broadcast_session_state(session)
@@ -235,19 +234,12 @@ class MediaHub:
             capture = self._captures.get(str(session_id))
             if capture is None:
                 return False
-            if from_secured_call and self._at_card_entry(session_id):
+            # Asked per key: an `end` command may have been lost.
+            if from_secured_call and PaymentSession.objects.filter(pk=session_id).taking_card_digits().exists():
                 capture.key(digit)
             else:
                 capture.refuse(digit)
             return True
-
-    @staticmethod
-    def _at_card_entry(session_id) -> bool:
-        """Digits land in fields only while the page shows them: keyed during the customer
-        details they would arrive prefilled for an amount not yet confirmed; keyed while
-        processing, after a result or after the end (its `end` command may have been lost)
-        they would change, or keep, a card already sent."""
-        return PaymentSession.objects.filter(pk=session_id, status=Status.CARD_ENTRY).exists()
 
     def is_linked(self, session_id) -> bool:
         # Lock-free on purpose: the media worker asks from its event loop, while
@@ -314,7 +306,7 @@ class MediaHub:
             # one that restarted) must not be charged while the page shows empty fields -
             # unless it is being charged now - and a card entry another worker still holds
             # for the session must go.
-            if session.status != Status.PROCESSING:
+            if not PaymentSession.objects.filter(pk=key, status=Status.PROCESSING).exists():  # as of now
                 vault.discard(key)
             send_media_command(key, "claimed", hub=self.hub_id, claim=claim)
             self._captures[key] = CardCapture(

@@ -93,6 +93,13 @@ class PaymentSessionQuerySet(models.QuerySet):
     def open(self) -> models.QuerySet:
         return self.exclude(status=Status.ENDED)
 
+    def taking_card_digits(self) -> models.QuerySet:
+        """At card entry: the only step whose page shows the card fields. Keyed during the
+        customer details, digits would arrive prefilled for an amount not yet confirmed;
+        keyed while processing, after a result or after the end, they would change (or
+        keep) a card already sent."""
+        return self.filter(status=Status.CARD_ENTRY)
+
 
 class PaymentSession(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -290,8 +297,9 @@ class PaymentSession(models.Model):
             if state == SecureState.SECURED:
                 current.secured_at = timezone.now()
             current.save(update_fields=["secure_state", "break_reason", "secured_at", "secured_by", "updated_at"])
-            SessionEvent.record(current, actor, "secure", before, state, reason)
+            event = SessionEvent.record(current, actor, "secure", before, state, reason)
         self.refresh_from_db()
+        self.secure_event_id = event.pk  # orders this change among all of the session's (live.MediaHub.link)
         return True
 
 

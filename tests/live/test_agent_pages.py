@@ -211,7 +211,7 @@ def test_keys_count_only_while_the_page_is_at_card_entry(alpha, django_capture_o
     capture = hub._captures[str(session.pk)]
     assert capture.state()["rejected_keys"] == 16
     session.start_card_entry("user:test", details={"first_name": "Ada"}, amount_minor=1250)
-    assert capture.state()["fields"]["pan"]["length"] == 0  # Next starts empty
+    assert capture.state()["fields"]["pan"]["length"] == 0  # nothing keyed during the details reached a field
     key_card(session.pk, VISA_OK + FUTURE_EXPIRY + "123")
     layer = get_channel_layer()
     worker_channel = async_to_sync(layer.new_channel)("media.hub.")
