@@ -95,7 +95,9 @@ class CardCapture:
             if field == "pan" and not self._pan_ended and len(self._digits["pan"]) in self._pan_lengths():
                 self._pan_ended = True
                 self._after_change(advance=True)
-        elif len(self._digits[field]) < self._max_length(field) and not self._complete(field):
+        elif len(self._digits[field]) < self._max_length(field) and (not self._complete(field) or field == "pan"):
+            # An ended number is active again only if the agent clicked it: the caller keys on
+            # (a 19-digit card whose first 16 digits pass Luhn, one in ten, ends there by itself).
             self._digits[field] += digit
             if field == "pan":
                 self._pan_ended = self._pan_auto_complete()
@@ -115,7 +117,8 @@ class CardCapture:
             self._emit()
 
     def activate(self, field: str) -> None:
-        """The agent clicked a field: the next digits go there."""
+        """The agent clicked a field: the next digits go there (after the end of a card number
+        that ended by itself or with `#`: it goes on)."""
         self._check_field(field)
         if self._sealed is None and field != self._active:
             self._active = field

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from media.capture import CardCapture
+from securepay.card import luhn_ok
 
 VISA = "4242424242424242"
 AMEX = "378282246310005"
@@ -257,3 +258,21 @@ def test_a_vault_that_cannot_discard_leaves_the_card_not_ready():
     capture.reset("pan")  # the stored card no longer matches: the discard fails
     state = capture.state()
     assert state["ready"] is False and state["fields"]["pan"]["length"] == 0 and state["active"] == "pan"
+
+
+def test_a_19_digit_card_whose_first_16_pass_luhn_is_keyed_on_after_a_click():
+    visa_19 = "4242424242424242006"  # the first 16 digits pass Luhn: the number ends there by itself
+    assert luhn_ok(visa_19) and luhn_ok(visa_19[:16])
+    capture, rec = make()
+    keys(capture, visa_19[:16] + FUTURE + "123")
+    assert capture.state()["ready"] and rec.calls[-1] == ("store", visa_19[:16], FUTURE, "123")
+    capture.activate("pan")  # the caller says the number is longer; a click alone changes nothing
+    assert capture.state()["ready"] and capture.state()["fields"]["pan"]["complete"]
+    capture.key(visa_19[16])
+    state = capture.state()
+    assert state["active"] == "pan" and not state["ready"] and state["fields"]["pan"]["complete"] is False
+    assert rec.calls[-1] == ("discard",)  # the 16-digit card stored before is gone
+    keys(capture, visa_19[17:])
+    state = capture.state()
+    assert state["fields"]["pan"] == {"length": 19, "complete": True, "valid": True, "hint": None}
+    assert state["ready"] and rec.calls[-1] == ("store", visa_19, FUTURE, "123")
