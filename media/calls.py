@@ -721,15 +721,20 @@ class Call:
         self, leg: Leg, packet: RtpPacket, position: int, payload: bytes, out: Received, samples: int = 0
     ) -> None:
         """Relay a packet with our own SSRC/sequence; timestamps keep the sender's
-        spacing. Audio (`samples` > 0) never starts before what the leg already
-        heard: after audio we sent on our own (a barging supervisor while the
-        agent was silent) the sender's timestamps are shifted past it."""
+        spacing. Audio (`samples` > 0), and a new telephone-event, never start before
+        what the leg already heard: after audio we sent on our own (a barging
+        supervisor while the agent was silent) the sender's timestamps are shifted past it."""
         position += leg.forward_offset
         if samples:
             if position < leg.out_position:
                 leg.forward_offset += leg.out_position - position
                 position = leg.out_position
             leg.out_position = position + samples
+        elif packet.marker and position + MAX_AUDIO_SAMPLES < leg.out_position:
+            # A new telephone-event far behind what the leg heard (audio we sent on our own while
+            # this sender was silent): it starts now, and the rest of its press with it.
+            leg.forward_offset += leg.out_position - position
+            position = leg.out_position
         data = leg.outbound.packet(packet.payload_type, position, payload, packet.marker, self.last_activity)
         out.datagrams.append((leg, data))
 

@@ -262,6 +262,8 @@ class MediaWorker:
         )
         call.caller.peer = parse_address(row.caller_address)
         call.agent.peer = parse_address(row.agent_address)
+        # Fail closed until _link settles it: a barging supervisor added below hears nothing of the caller.
+        call.session_open = row.session_id is not None
         try:
             await self.relay.open_leg(call, call.caller, self.host, row.caller_port)
             await self.relay.open_leg(call, call.agent, self.host, row.agent_port)
@@ -284,6 +286,7 @@ class MediaWorker:
         link, call = self.links[call_id], self.relay.calls.get(call_id)
         if call is None:
             return
+        call.session_open = True  # from now, not after the database's answer: barging supervisors hear no caller
         # Keys count from here (read before any wait); a repeated link of a secured call keeps its start.
         already_secured = link.linked and not link.on_hold and link.session_id == session_id and not resecure
         position_ms = call.caller.timeline.next_position * 1000 / SAMPLE_RATE
@@ -297,6 +300,7 @@ class MediaWorker:
             holds = await database_sync_to_async(self._link_session)(call_id, session_id, link.on_hold)
         except (IllegalTransition, PaymentSession.DoesNotExist):
             logger.info("media worker %s: session of call %s is not open", self.worker_id, call_id)
+            call.session_open = False
             return
         if not holds:
             logger.info("media worker %s: call %s no longer holds session %s", self.worker_id, call_id, session_id)
@@ -308,7 +312,6 @@ class MediaWorker:
             held_through = call.caller_keys.abandon_press()  # pressed before: refused (and counted)
             if held_through in CAPTURE_KEYS:
                 self._jobs.put_nowait(self._refuse(session_id, held_through))
-        call.session_open = True
         call.listen_for_agent_code = False
 
     def _link_session(self, call_id: str, session_id: str, on_hold: bool) -> bool:

@@ -8,6 +8,7 @@ import pytest
 from media.calls import BARGE, MONITOR, Call, CallAudioBatch
 from media.codecs import ulaw_decode, ulaw_encode
 from media.dtmf import detect
+from media.rfc4733 import build_event
 from media.rtp import MalformedPacket, RtpPacket, parse_rtp
 from media.softphone import caller_packets
 
@@ -221,3 +222,26 @@ def test_a_new_agent_stream_continues_the_callers_timeline():
             sent += [parse_rtp(out) for to, out in call.receive(call.agent, data, 0.0).datagrams if to is call.caller]
     stamps = [p.timestamp - sent[0].timestamp for p in sent]
     assert stamps == [160 * index for index in range(10)]
+
+
+def test_an_agent_key_after_a_barging_supervisor_spoke_alone_is_not_sent_back_in_time():
+    call = Call("c1")
+    boss = call.add_supervisor("boss", BARGE)
+    speech = voice(100)
+    to_caller: list[RtpPacket] = []
+
+    def receive(leg, data, at):
+        to_caller.extend(parse_rtp(out) for to, out in call.receive(leg, data, at).datagrams if to is call.caller)
+
+    for index in range(10):  # the agent talks, then its phone suppresses its silence ...
+        receive(call.agent, RtpPacket(0, index, 1000 + 160 * index, 9, bytes([0xFF]) * 160).build(), index * 0.02)
+    for index in range(100):  # ... for the 2 s the supervisor talks (sent to the caller on its own)
+        chunk = ulaw_encode(speech[index * 160 : (index + 1) * 160]).tobytes()
+        receive(boss, RtpPacket(0, index, 5000 + index * 160, 5, chunk).build(), 0.2 + index * 0.02)
+    heard_until = to_caller[-1].timestamp + 160
+    press = 1000 + 1600 + 16000  # then the agent presses a key: events at its clock, 2 s on
+    for index in range(3):
+        event = build_event("5", 160 * (index + 1), end=False)
+        receive(call.agent, RtpPacket(101, 10 + index, press, 9, event, marker=not index).build(), 2.2 + index * 0.02)
+    events = [packet for packet in to_caller if packet.payload_type == 101]
+    assert len(events) == 3 and {packet.timestamp for packet in events} == {heard_until}  # from now, one press

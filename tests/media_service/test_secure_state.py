@@ -734,3 +734,35 @@ def test_the_caller_keys_sound_as_the_tenant_chose(alpha, worker, masking):
     assert detect(audio) == [] and detect(sent)[0].digit == "5"  # the key itself is gone, either way
     assert (np.abs(key).max() == 0) == (masking == "silence")
     assert (band_share(key, FLAT_TONE_HZ) > 0.9) == (masking == "tone")
+
+
+def test_a_barging_supervisor_hears_no_caller_while_the_link_is_still_being_recorded(alpha, worker, monkeypatch):
+    session = session_in_card_entry(alpha)
+    call = start_call(alpha.tenant)
+    (port,) = calls_module.allocate_ports(WORKER_ID, 1)
+    sue = {"mode": "barge", "port": port, "address": ""}
+    Call.objects.filter(pk=call.pk).update(session=session, supervisors={"sue": sue})  # linked before it started
+    session_open_seen = []
+
+    def probe(method):
+        async def probed(call_id, *args, **kwargs):
+            session_open_seen.append((method.__name__, worker.relay.calls[call_id].session_open))
+            return await method(call_id, *args, **kwargs)
+
+        return probed
+
+    monkeypatch.setattr(worker, "_supervisor", probe(worker._supervisor))
+    original_link_session = worker._link_session
+
+    def link_session(call_id, *args):
+        session_open_seen.append(("_link_session", worker.relay.calls[call_id].session_open))
+        return original_link_session(call_id, *args)
+
+    monkeypatch.setattr(worker, "_link_session", link_session)
+
+    async def scenario():
+        await start(worker, call)
+
+    run(scenario)
+    assert session_open_seen == [("_supervisor", True), ("_link_session", True)]
+    assert worker.relay.calls[str(call.pk)].session_open and secure_state(session) == (SecureState.SECURED, "")
