@@ -246,7 +246,7 @@ class Leg:
         self.timeline = InboundTimeline()
         self.outbound = OutboundStream(rng)
         self.out_position = 0  # samples sent on the outbound stream
-        self.forward_offset = 0  # added to a relayed stream's positions (see Call._forward)
+        self.forward_offset = 0  # added to the positions of the stream relayed to it (Call._forward, Call._send)
         self.mix_in = MixQueue()  # secondary audio mixed into what this leg hears
         self.received = 0
 
@@ -315,29 +315,33 @@ class _Queued:
     or G.711 codes (the caller's, decoded for the whole batch at once). Only whole
     blocks go to the DSP; a remainder (odd packet sizes) waits for the next packet."""
 
-    __slots__ = ("chunks", "marker", "carry")
+    __slots__ = ("chunks", "marker", "carry", "fills")
 
     def __init__(self, dtype: type = np.int16) -> None:
         self.chunks: list[np.ndarray] = []
         self.marker = False  # of the first queued packet: the only one the output packets can carry
         self.carry = np.zeros(0, dtype=dtype)
+        self.fills: set[int] = set()  # indexes of chunks that fill a gap (no packet came)
 
-    def add(self, chunk: np.ndarray, marker: bool = False) -> None:
+    def add(self, chunk: np.ndarray, marker: bool = False, fill: bool = False) -> None:
         if not self.chunks:
             self.marker = marker
+        if fill:
+            self.fills.add(len(self.chunks))
         self.chunks.append(chunk)
 
-    def take(self) -> tuple[np.ndarray, list[int], bool]:
-        """(queued samples or codes cut to whole blocks, the packet sizes they came in, marker of the first)."""
-        sizes, marker = [chunk.size for chunk in self.chunks], self.marker
+    def take(self) -> tuple[np.ndarray, list[int], set[int], bool]:
+        """(queued samples or codes cut to whole blocks, the packet sizes they came in, which of
+        them filled a gap, marker of the first)."""
+        sizes, fills, marker = [chunk.size for chunk in self.chunks], self.fills, self.marker
         if len(self.chunks) == 1 and not self.carry.size:
             pcm = self.chunks[0]
         else:
             pcm = np.concatenate([self.carry, *self.chunks])
         usable = pcm.size - pcm.size % BLOCK
         self.carry = pcm[usable:]
-        self.chunks, self.marker = [], False
-        return pcm[:usable], sizes, marker
+        self.chunks, self.fills, self.marker = [], set(), False
+        return pcm[:usable], sizes, fills, marker
 
 
 class CallAudioBatch:
@@ -387,9 +391,9 @@ class CallAudioBatch:
         self._free_detector_slots.append(call.detector_slot)
         call.mask_slot = call.detector_slot = None
 
-    def queue_caller(self, call: Call, codes: np.ndarray, marker: bool) -> None:
-        """Caller audio as codes of the call's codec (uint8)."""
-        call.caller_audio.add(codes, marker)
+    def queue_caller(self, call: Call, codes: np.ndarray, marker: bool, fill: bool = False) -> None:
+        """Caller audio as codes of the call's codec (uint8); `fill`: silence for a gap."""
+        call.caller_audio.add(codes, marker, fill)
         self._callers[call] = call.caller_audio
 
     def queue_agent(self, call: Call, pcm: np.ndarray) -> None:
@@ -416,10 +420,10 @@ class CallAudioBatch:
             masked = self.masker.push_rows(rows, pcm)
             encoded = codec.encode(masked)
             results: dict[Call, Received] = {}
-            for index, (call, _codes, sizes, marker) in enumerate(group):
+            for index, (call, _codes, sizes, fills, marker) in enumerate(group):
                 received = results[call] = Received()
                 presses = self.masker.drain_key_presses(call.mask_slot)
-                call.deliver_masked(masked[index], encoded[index], sizes, marker, presses, received)
+                call.deliver_masked(masked[index], encoded[index], sizes, fills, marker, presses, received)
             yield results
         for group in _by_length(agents):
             rows = np.array([call.detector_slot for call, *_ in group])
@@ -440,17 +444,17 @@ MAX_ROWS_PER_PUSH = 64
 
 def _by_length(
     queues: dict[Call, _Queued], by_codec: bool = False
-) -> list[list[tuple[Call, np.ndarray, list[int], bool]]]:
+) -> list[list[tuple[Call, np.ndarray, list[int], set[int], bool]]]:
     """Queued audio taken and grouped by length (and codec: queues of codes), one
     push per group, at most MAX_ROWS_PER_PUSH rows."""
-    groups: dict[tuple[int, str], list[tuple[Call, np.ndarray, list[int], bool]]] = {}
+    groups: dict[tuple[int, str], list[tuple[Call, np.ndarray, list[int], set[int], bool]]] = {}
     for call, queued in queues.items():
         if call.mask_slot is None:
             continue  # the call ended meanwhile
-        audio, sizes, marker = queued.take()
+        audio, sizes, fills, marker = queued.take()
         if audio.size:
             key = (audio.size, call.codec.name if by_codec else "")
-            groups.setdefault(key, []).append((call, audio, sizes, marker))
+            groups.setdefault(key, []).append((call, audio, sizes, fills, marker))
     return [
         group[start : start + MAX_ROWS_PER_PUSH]
         for group in groups.values()
@@ -490,6 +494,9 @@ class Call:
         self.mask_slot: int | None = None
         self.detector_slot: int | None = None
         self.caller_audio, self.agent_audio = _Queued(np.uint8), _Queued(np.int16)
+        # Where the next masked caller audio sits on the caller's timeline (queued audio has no
+        # holes: gaps are filled), so each leg places it by time, not by what it was sent.
+        self.masked_position = 0
         self.audio.add_call(self, mask_mode)
         self.dropped: dict[str, int] = {}
         self.last_activity: float | None = None
@@ -612,7 +619,7 @@ class Call:
             codes = codes[skip:]  # overlap with audio already played: keep the new part
         if gap:  # lost packets: silence, in pieces of this packet's size (each goes out as a packet)
             for start in range(0, gap, codes.size):
-                self.audio.queue_caller(self, self.codec.silence[: min(codes.size, gap - start)], False)
+                self.audio.queue_caller(self, self.codec.silence[: min(codes.size, gap - start)], False, fill=True)
         if self.caller_keys.tracker is not None:
             self._caller_event_presses(self.caller_keys.expire(1000.0 * timeline.next_position / SAMPLE_RATE), out)
         self.audio.queue_caller(self, codes, packet.marker)
@@ -628,37 +635,44 @@ class Call:
         masked: np.ndarray,
         codes: np.ndarray,
         sizes: list[int],
+        fills: set[int],
         marker: bool,
         presses: list[KeyPress],
         out: Received,
     ) -> None:
         """The batch masked this call's queued caller audio (`codes`: encoded in
         the call's codec): send it on, one packet per inbound packet (the sizes
-        they came in), and take the keys."""
+        they came in), and take the keys. A packet of silence that only filled a gap
+        is not sent (a flat tone or held-back audio in it is): the legs' timestamps
+        jump over it, as over the sender's own silence suppression."""
         if presses:
             out.caller_keys += self.caller_keys.accept(presses)
-        if len(sizes) == 1:  # one packet in, one out: nearly always
+        if len(sizes) == 1 and not fills:  # one packet in, one out: nearly always
             self._send_caller_audio(masked, codes, marker, out)
             return
         start = 0
-        for size in sizes:
+        for index, size in enumerate(sizes):
             if start >= masked.size:
                 break
             end = start + size if start + size + min(sizes) <= masked.size else masked.size
-            self._send_caller_audio(masked[start:end], codes[start:end], marker and not start, out)
+            if index in fills and not masked[start:end].any():
+                self.masked_position += end - start
+            else:
+                self._send_caller_audio(masked[start:end], codes[start:end], marker and not start, out)
             start = end
 
     def _send_caller_audio(self, masked: np.ndarray, codes: np.ndarray, marker: bool, out: Received) -> None:
-        payload = codes.tobytes()
-        self._send(self.agent, masked, payload, marker, out)
+        payload, position = codes.tobytes(), self.masked_position
+        self.masked_position += masked.size
+        self._send(self.agent, masked, payload, marker, out, position)
         if not self.supervisors:
             return
         for supervisor in self.supervisors.values():
             if supervisor.mode == BARGE and self.session_open:
                 heard = np.zeros_like(masked)  # nothing from the caller
-                self._send(supervisor, heard, None, marker, out)
+                self._send(supervisor, heard, None, marker, out, position)
             else:
-                self._send(supervisor, masked, payload, marker, out)
+                self._send(supervisor, masked, payload, marker, out, position)
 
     def _from_agent(self, packet: RtpPacket, out: Received, now: float) -> None:
         timeline = self.agent.timeline
@@ -708,14 +722,32 @@ class Call:
         if leg.mix_in.queued > MIX_STANDALONE_SAMPLES:
             self._send(leg, np.zeros(count, dtype=np.int16), None, False, out)
 
-    def _send(self, leg: Leg, pcm: np.ndarray, payload: bytes | None, marker: bool, out: Received) -> None:
-        """Masked caller audio (with this leg's secondary audio mixed in) to one leg."""
+    def _send(
+        self,
+        leg: Leg,
+        pcm: np.ndarray,
+        payload: bytes | None,
+        marker: bool,
+        out: Received,
+        position: int | None = None,
+    ) -> None:
+        """Masked caller audio at `position` on the caller's timeline (None: secondary audio
+        alone, right after what the leg heard), with this leg's secondary audio mixed in, to one
+        leg. Never before what the leg already heard: after audio sent alone (the caller was
+        silent) the caller's positions are shifted past it, so that time is not counted twice."""
         other = leg.mix_in.take(pcm.size) if leg.mix_in.queued else None
         if other is not None or payload is None:
             payload = self.codec.encode(mix(pcm, other)).tobytes()
-        packet = leg.outbound.packet(self.codec.payload_type, leg.out_position, payload, marker, self.last_activity)
+        if position is None:
+            position = leg.out_position
+        else:
+            position += leg.forward_offset
+            if position < leg.out_position:
+                leg.forward_offset += leg.out_position - position
+                position = leg.out_position
+        packet = leg.outbound.packet(self.codec.payload_type, position, payload, marker, self.last_activity)
         out.datagrams.append((leg, packet))
-        leg.out_position += pcm.size
+        leg.out_position = position + pcm.size
 
     def _forward(
         self, leg: Leg, packet: RtpPacket, position: int, payload: bytes, out: Received, samples: int = 0

@@ -245,3 +245,27 @@ def test_an_agent_key_after_a_barging_supervisor_spoke_alone_is_not_sent_back_in
         receive(call.agent, RtpPacket(101, 10 + index, press, 9, event, marker=not index).build(), 2.2 + index * 0.02)
     events = [packet for packet in to_caller if packet.payload_type == 101]
     assert len(events) == 3 and {packet.timestamp for packet in events} == {heard_until}  # from now, one press
+
+
+@pytest.mark.parametrize(
+    ("mode", "talker", "listener"),
+    [(MONITOR, "agent", "watcher"), (BARGE, "watcher", "agent")],  # who talks while the caller is silent
+)
+def test_a_pause_of_the_caller_is_not_counted_twice_on_the_legs_that_heard_others_meanwhile(mode, talker, listener):
+    call = Call("c1")
+    call.add_supervisor("watcher", mode)
+    speech = ulaw_encode(voice(1)).tobytes()
+    heard: list[tuple[float, int]] = []  # (when, timestamp) of what the listener heard
+    events = []
+    for index in range(150):  # 3 s: the talker all along, the caller silent from 1.0 to 1.8 s
+        at = index * 0.02
+        events.append((at, call.leg(talker), RtpPacket(0, index, 160 * index, 9, speech).build()))
+        if not 1.0 <= at < 1.8:
+            events.append((at + 0.001, call.caller, RtpPacket(0, index, 160 * index, 8, bytes([0xFF]) * 160).build()))
+    for at, leg, data in sorted(events, key=lambda event: event[0]):
+        sent = call.receive(leg, data, at).datagrams
+        heard += [(at, parse_rtp(out).timestamp) for to, out in sent if to.name == listener]
+    (first_at, first_stamp), (last_at, last_stamp) = heard[0], heard[-1]
+    ahead_ms = ((last_stamp - first_stamp) % 2**32) / 8 - (last_at - first_at) * 1000
+    assert -40 <= ahead_ms <= 120  # within the 100 ms a secondary stream waits before going out alone
+    assert len(heard) <= 152  # one packet per 20 ms, give or take the hand-over

@@ -31,6 +31,7 @@ class Phone:
         self.sequence, self.timestamp, self.now = 0, 0, 0.0
         self.keys: list[KeyPress] = []
         self.heard: dict[str, list[bytes]] = {}
+        self.stamps: dict[str, list[int]] = {}  # timestamps each leg heard
 
     def send(self, payload: bytes, payload_type: int = 0, timestamp: int | None = None, marker: bool = False) -> None:
         stamp = self.timestamp if timestamp is None else timestamp
@@ -39,7 +40,14 @@ class Phone:
         received = self.call.receive(self.leg, data, self.now)
         self.keys += received.caller_keys + received.agent_keys
         for leg, out in received.datagrams:
-            self.heard.setdefault(leg.name, []).append(parse_rtp(out).payload)
+            packet = parse_rtp(out)
+            self.heard.setdefault(leg.name, []).append(packet.payload)
+            self.stamps.setdefault(leg.name, []).append(packet.timestamp)
+
+    def timeline(self, leg_name: str) -> list[int]:
+        """The timestamps a leg heard, from its first packet's."""
+        first = self.stamps[leg_name][0]
+        return [(stamp - first) % 2**32 for stamp in self.stamps[leg_name]]
 
     def audio(self, payload: bytes = SILENCE) -> None:
         self.send(payload)
@@ -85,16 +93,23 @@ def test_events_after_a_timeline_restart_are_timed_on_it_so_their_tone_is_masked
     assert strongest(heard, 770) < 5 and strongest(heard, 1336) < 5  # the weak tone of "5" is masked too
 
 
-def test_filled_gaps_go_out_as_packets_of_the_senders_size():
+def voice(frame: int) -> bytes:
+    t = (np.arange(160) + frame * 160) / 8000
+    return ulaw_encode((4000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)).tobytes()
+
+
+def test_filled_gaps_are_masked_but_only_what_they_hold_is_sent():
     call = Call("c1")
     caller = Phone(call, "caller", ssrc=0x1111)
-    for _ in range(5):
-        caller.audio()
+    for frame in range(5):
+        caller.audio(voice(frame))
     caller.pause(160 * 7)  # seven packets lost
-    for _ in range(5):
-        caller.audio()
-    sizes = [len(p) for p in caller.heard["agent"]]
-    assert set(sizes) == {160} and len(sizes) == 17  # the 7 lost ones as silence, one packet each
+    for frame in range(5):
+        caller.audio(voice(frame))
+    # The 30 ms of speech the masker still held when the gap began go out (in the gap's first
+    # two packets); the made-up silence does not: the agent's timestamps jump over it.
+    assert caller.timeline("agent") == [160 * n for n in (*range(7), *range(12, 17))]
+    assert {len(payload) for payload in caller.heard["agent"]} == {160}
 
 
 def test_timestamps_jumping_ahead_of_real_time_are_not_filled():
