@@ -99,10 +99,13 @@ GAP_JITTER_SAMPLES = 800  # 100 ms
 EVENT_MAX_BEHIND_SAMPLES = 10 * SAMPLE_RATE
 EVENT_MAX_AHEAD_SAMPLES = SAMPLE_RATE
 MIX_LIMIT_SAMPLES = 1600  # 200 ms of queued audio to mix in; older is dropped (it would only add delay)
-# Secondary audio rides on the main stream's packets; when that stream is silent
-# (a caller's phone suppressing silence, a muted handset) for longer than this,
-# the secondary audio is sent on its own so the listener still hears it.
-MIX_STANDALONE_SAMPLES = 800  # 100 ms: more than network jitter between the two streams
+# Secondary audio rides on the main stream's packets; when that stream has sent nothing
+# for this long (a caller's phone suppressing silence, a muted handset) the secondary
+# audio goes out on its own so the listener still hears it.
+MIX_STANDALONE_S = 0.1  # more than network jitter between the two streams
+# While the main stream flows, secondary audio waits for it at most this much; older is
+# dropped, so a secondary clock running fast adds neither packets nor delay.
+MIX_WAIT_SAMPLES = 480
 RTCP_INTERVAL_S = 5.0
 # A phone that switched streams (re-INVITE, transfer) may still have packets of the old one
 # in flight: for this long they are dropped rather than taken for a switch back.
@@ -146,15 +149,20 @@ class MixQueue:
     def add(self, pcm: np.ndarray) -> None:
         self._chunks.append(pcm)
         self._size += pcm.size
-        while self._size > MIX_LIMIT_SAMPLES:
+        self.keep_latest(MIX_LIMIT_SAMPLES)
+
+    def keep_latest(self, samples: int) -> None:
+        """Drop the oldest chunks while more than `samples` are queued."""
+        while self._size > samples:
             self._size -= self._chunks.popleft().size
 
     @property
     def queued(self) -> int:
         return self._size
 
-    def take(self, count: int) -> np.ndarray | None:
-        """`count` samples (zero-padded), or None when nothing is queued."""
+    def take(self, count: int, keep: int | None = None) -> np.ndarray | None:
+        """`count` samples (zero-padded), or None when nothing is queued; then at most `keep`
+        samples stay queued (the oldest go)."""
         if not self._size:
             return None
         out = np.zeros(count, dtype=np.int32)
@@ -167,6 +175,8 @@ class MixQueue:
                 self._chunks.appendleft(chunk[used:])
             filled += used
             self._size -= used
+        if keep is not None:
+            self.keep_latest(keep)
         return out
 
 
@@ -247,6 +257,8 @@ class Leg:
         self.outbound = OutboundStream(rng)
         self.out_position = 0  # samples sent on the outbound stream
         self.forward_offset = 0  # added to the positions of the stream relayed to it (Call._forward, Call._send)
+        # When it last got its main stream (the caller's audio; the agent's for the caller's leg).
+        self.main_sent_at: float | None = None
         self.mix_in = MixQueue()  # secondary audio mixed into what this leg hears
         self.received = 0
 
@@ -689,7 +701,7 @@ class Call:
         payload = packet.payload
         size = len(payload)  # G.711: one byte a sample
         position, gap, skip = timeline.fit(packet.timestamp, size, now)
-        barge = self.caller.mix_in.take(size)
+        barge = self.caller.mix_in.take(size, keep=MIX_WAIT_SAMPLES)  # rides on the agent's packet
         if self.listen_for_agent_code or self.supervisors or barge is not None:
             pcm = self.codec.decode(payload)  # only when someone needs the samples
             if self.listen_for_agent_code:
@@ -718,8 +730,13 @@ class Call:
 
     # --- output -----------------------------------------------------------
     def _send_if_main_stream_silent(self, leg: Leg, count: int, out: Received) -> None:
-        """Secondary audio backing up means the main stream is silent: send it alone."""
-        if leg.mix_in.queued > MIX_STANDALONE_SAMPLES:
+        """Secondary audio just queued for the leg (`count` samples): it rides on the main stream
+        while that flows (waiting at most MIX_WAIT_SAMPLES); once the main stream has sent nothing
+        for MIX_STANDALONE_S it goes out on its own - what waited first, so nothing is lost."""
+        main = leg.main_sent_at
+        if main is not None and self.last_activity - main <= MIX_STANDALONE_S:
+            return
+        while leg.mix_in.queued >= count:
             self._send(leg, np.zeros(count, dtype=np.int16), None, False, out)
 
     def _send(
@@ -735,12 +752,14 @@ class Call:
         alone, right after what the leg heard), with this leg's secondary audio mixed in, to one
         leg. Never before what the leg already heard: after audio sent alone (the caller was
         silent) the caller's positions are shifted past it, so that time is not counted twice."""
-        other = leg.mix_in.take(pcm.size) if leg.mix_in.queued else None
+        keep = None if position is None else MIX_WAIT_SAMPLES  # on the main stream: it flows, no backlog
+        other = leg.mix_in.take(pcm.size, keep) if leg.mix_in.queued else None
         if other is not None or payload is None:
             payload = self.codec.encode(mix(pcm, other)).tobytes()
         if position is None:
             position = leg.out_position
         else:
+            leg.main_sent_at = self.last_activity
             position += leg.forward_offset
             if position < leg.out_position:
                 leg.forward_offset += leg.out_position - position
@@ -758,6 +777,7 @@ class Call:
         supervisor while the agent was silent) the sender's timestamps are shifted past it."""
         position += leg.forward_offset
         if samples:
+            leg.main_sent_at = self.last_activity
             if position < leg.out_position:
                 leg.forward_offset += leg.out_position - position
                 position = leg.out_position

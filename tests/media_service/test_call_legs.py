@@ -190,23 +190,21 @@ def test_a_barging_supervisor_is_heard_by_the_caller_while_the_agent_sends_nothi
     speech = voice(20)
     to_caller: list[RtpPacket] = []
 
-    def receive(leg, data):
-        to_caller.extend(parse_rtp(out) for to, out in call.receive(leg, data, 0.0).datagrams if to is call.caller)
+    def receive(leg, data, at):
+        to_caller.extend(parse_rtp(out) for to, out in call.receive(leg, data, at).datagrams if to is call.caller)
 
-    receive(call.agent, RtpPacket(0, 1, 0, 9, ulaw_encode(np.zeros(160, np.int16)).tobytes()).build())
+    receive(call.agent, RtpPacket(0, 1, 0, 9, ulaw_encode(np.zeros(160, np.int16)).tobytes()).build(), 0.0)
     for index in range(20):  # 400 ms of the supervisor talking; the agent's phone suppresses its silence
-        receive(
-            boss,
-            RtpPacket(0, index, index * 160, 5, ulaw_encode(speech[index * 160 : (index + 1) * 160]).tobytes()).build(),
-        )
+        chunk = ulaw_encode(speech[index * 160 : (index + 1) * 160]).tobytes()
+        receive(boss, RtpPacket(0, index, index * 160, 5, chunk).build(), 0.02 * (index + 1))
     sent_alone = to_caller[1:]
-    assert len(sent_alone) >= 14  # on its own once 100 ms had backed up, then packet by packet
+    assert len(sent_alone) == 20  # once the agent had sent nothing for 100 ms: what waited, then each packet
     heard = np.concatenate([ulaw_decode(p.payload) for p in sent_alone])
-    assert np.array_equal(heard, ulaw_decode(ulaw_encode(speech))[: heard.size])
-    # The agent speaks again (its clock ran on 100 ms less than the supervisor's audio we sent):
+    assert np.array_equal(heard, ulaw_decode(ulaw_encode(speech)))
+    # The agent speaks again (its clock ran on less than the supervisor's audio we sent):
     # its packets follow on one stream, never stepping back in time.
     for index in range(2, 5):
-        receive(call.agent, RtpPacket(0, index, 160 * (index + 15), 9, bytes(160)).build())
+        receive(call.agent, RtpPacket(0, index, 160 * (index + 15), 9, bytes(160)).build(), 0.4 + 0.02 * index)
     stamps = [p.timestamp for p in to_caller]
     assert all(0 < (b - a) % 2**32 < 2**31 for a, b in zip(stamps, stamps[1:], strict=False))
     assert len({p.ssrc for p in to_caller}) == 1
@@ -256,16 +254,53 @@ def test_a_pause_of_the_caller_is_not_counted_twice_on_the_legs_that_heard_other
     call.add_supervisor("watcher", mode)
     speech = ulaw_encode(voice(1)).tobytes()
     heard: list[tuple[float, int]] = []  # (when, timestamp) of what the listener heard
-    events = []
+    events, caller_sequence = [], 0
     for index in range(150):  # 3 s: the talker all along, the caller silent from 1.0 to 1.8 s
         at = index * 0.02
         events.append((at, call.leg(talker), RtpPacket(0, index, 160 * index, 9, speech).build()))
-        if not 1.0 <= at < 1.8:
-            events.append((at + 0.001, call.caller, RtpPacket(0, index, 160 * index, 8, bytes([0xFF]) * 160).build()))
+        if not 1.0 <= at < 1.8:  # silence suppression: sequence numbers go on, timestamps jump
+            caller = RtpPacket(0, caller_sequence, 160 * index, 8, bytes([0xFF]) * 160).build()
+            events.append((at + 0.001, call.caller, caller))
+            caller_sequence += 1
     for at, leg, data in sorted(events, key=lambda event: event[0]):
         sent = call.receive(leg, data, at).datagrams
         heard += [(at, parse_rtp(out).timestamp) for to, out in sent if to.name == listener]
     (first_at, first_stamp), (last_at, last_stamp) = heard[0], heard[-1]
     ahead_ms = ((last_stamp - first_stamp) % 2**32) / 8 - (last_at - first_at) * 1000
     assert -40 <= ahead_ms <= 120  # within the 100 ms a secondary stream waits before going out alone
-    assert len(heard) <= 152  # one packet per 20 ms, give or take the hand-over
+    assert len(heard) <= 152  # one packet per 20 ms, and one more at each hand-over
+
+
+def test_a_barging_supervisor_whose_clock_runs_fast_adds_no_packets_to_the_callers_stream():
+    call = Call("c1")
+    boss = call.add_supervisor("boss", BARGE)
+    speech = ulaw_encode(voice(1)).tobytes()
+    to_caller: list[tuple[float, RtpPacket]] = []
+    events = [(index * 0.02, call.agent, index) for index in range(3000)]  # 60 s of the agent
+    events += [(index * 0.02 / 1.005, boss, index) for index in range(3015)]  # 0.5 % fast
+    for at, leg, index in sorted(events, key=lambda event: event[0]):
+        payload = bytes([0xFF]) * 160 if leg is call.agent else speech
+        sent = call.receive(leg, RtpPacket(0, index, 160 * index, 5 + (leg is boss), payload).build(), at)
+        to_caller += [(at, parse_rtp(out)) for to, out in sent.datagrams if to is call.caller]
+    (first_at, first), (last_at, last) = to_caller[0], to_caller[-1]
+    assert len(to_caller) == 3000  # the agent's packets, the supervisor mixed in: nothing extra
+    assert abs(((last.timestamp - first.timestamp) % 2**32) / 8 - (last_at - first_at) * 1000) <= 20
+
+
+def test_a_short_word_of_the_agent_reaches_a_monitoring_supervisor_while_the_caller_is_silent():
+    call = Call("c1")
+    watcher = call.add_supervisor("watcher", MONITOR)
+    heard: list[tuple[float, np.ndarray]] = []
+
+    def receive(leg, data, at):
+        sent = call.receive(leg, data, at).datagrams
+        heard.extend((at, ulaw_decode(parse_rtp(out).payload)) for to, out in sent if to is watcher)
+
+    for index in range(10):  # the caller speaks, then its phone suppresses its silence
+        receive(call.caller, RtpPacket(0, index, 160 * index, 8, bytes([0xFF]) * 160).build(), index * 0.02)
+    word = voice(3)  # 60 ms from the agent, a second later
+    for index in range(3):
+        chunk = ulaw_encode(word[160 * index : 160 * (index + 1)]).tobytes()
+        receive(call.agent, RtpPacket(0, index, 160 * index, 9, chunk).build(), 1.0 + 0.02 * index)
+    late = [samples for at, samples in heard if at >= 1.0]
+    assert len(late) == 3 and np.array_equal(np.concatenate(late), ulaw_decode(ulaw_encode(word)))  # at once
