@@ -256,7 +256,8 @@ class Leg:
         self.timeline = InboundTimeline()
         self.outbound = OutboundStream(rng)
         self.out_position = 0  # samples sent on the outbound stream
-        self.forward_offset = 0  # added to the positions of the stream relayed to it (Call._forward, Call._send)
+        self.forward_offset = 0  # added to a relayed stream's positions (see Call._forward)
+        self.forwarded_until = 0  # where the relayed stream's last audio ended (after the offset)
         # When it last got its main stream (the caller's audio; the agent's for the caller's leg).
         self.main_sent_at: float | None = None
         self.mix_in = MixQueue()  # secondary audio mixed into what this leg hears
@@ -667,24 +668,28 @@ class Call:
             if start >= masked.size:
                 break
             end = start + size if start + size + min(sizes) <= masked.size else masked.size
-            if index in fills and not masked[start:end].any():
-                self.masked_position += end - start
+            if index in fills and (codes[start:end] == self.codec.silence[0]).all():
+                self.masked_position += end - start  # made-up silence with nothing in it after masking
             else:
-                self._send_caller_audio(masked[start:end], codes[start:end], marker and not start, out)
+                # Audio held back when the caller's stream paused comes out in the gap's first packets.
+                late = index in fills
+                self._send_caller_audio(masked[start:end], codes[start:end], marker and not start, out, late)
             start = end
 
-    def _send_caller_audio(self, masked: np.ndarray, codes: np.ndarray, marker: bool, out: Received) -> None:
+    def _send_caller_audio(
+        self, masked: np.ndarray, codes: np.ndarray, marker: bool, out: Received, late: bool = False
+    ) -> None:
         payload, position = codes.tobytes(), self.masked_position
         self.masked_position += masked.size
-        self._send(self.agent, masked, payload, marker, out, position)
+        self._send(self.agent, masked, payload, marker, out, position, late)
         if not self.supervisors:
             return
         for supervisor in self.supervisors.values():
             if supervisor.mode == BARGE and self.session_open:
                 heard = np.zeros_like(masked)  # nothing from the caller
-                self._send(supervisor, heard, None, marker, out, position)
+                self._send(supervisor, heard, None, marker, out, position, late)
             else:
-                self._send(supervisor, masked, payload, marker, out, position)
+                self._send(supervisor, masked, payload, marker, out, position, late)
 
     def _from_agent(self, packet: RtpPacket, out: Received, now: float) -> None:
         timeline = self.agent.timeline
@@ -747,23 +752,24 @@ class Call:
         marker: bool,
         out: Received,
         position: int | None = None,
+        late: bool = False,
     ) -> None:
         """Masked caller audio at `position` on the caller's timeline (None: secondary audio
-        alone, right after what the leg heard), with this leg's secondary audio mixed in, to one
-        leg. Never before what the leg already heard: after audio sent alone (the caller was
-        silent) the caller's positions are shifted past it, so that time is not counted twice."""
+        alone), with this leg's secondary audio mixed in, to one leg. Never before what the leg
+        already heard: after audio sent alone (the caller was silent) it follows on, until the
+        caller's timeline passes it again (at the caller's next pause): no time counts twice.
+        Caller audio for a time the leg heard audio sent alone is dropped if it is silence, or
+        `late` (speech held back when the caller's stream paused, out of its place by now)."""
         keep = None if position is None else MIX_WAIT_SAMPLES  # on the main stream: it flows, no backlog
         other = leg.mix_in.take(pcm.size, keep) if leg.mix_in.queued else None
         if other is not None or payload is None:
             payload = self.codec.encode(mix(pcm, other)).tobytes()
-        if position is None:
-            position = leg.out_position
-        else:
+        if position is not None:
             leg.main_sent_at = self.last_activity
-            position += leg.forward_offset
-            if position < leg.out_position:
-                leg.forward_offset += leg.out_position - position
-                position = leg.out_position
+            if position < leg.out_position and (late or not payload.strip(self.codec.silence[:1].tobytes())):
+                return
+        if position is None or position < leg.out_position:
+            position = leg.out_position
         packet = leg.outbound.packet(self.codec.payload_type, position, payload, marker, self.last_activity)
         out.datagrams.append((leg, packet))
         leg.out_position = position + pcm.size
@@ -781,10 +787,10 @@ class Call:
             if position < leg.out_position:
                 leg.forward_offset += leg.out_position - position
                 position = leg.out_position
-            leg.out_position = position + samples
-        elif packet.marker and position + MAX_AUDIO_SAMPLES < leg.out_position:
-            # A new telephone-event far behind what the leg heard (audio we sent on our own while
-            # this sender was silent): it starts now, and the rest of its press with it.
+            leg.out_position = leg.forwarded_until = position + samples
+        elif packet.marker and leg.forwarded_until < leg.out_position and position < leg.out_position:
+            # A new telephone-event behind audio we sent on our own since this sender's last
+            # audio (it was silent): it starts now, and the rest of its press with it.
             leg.forward_offset += leg.out_position - position
             position = leg.out_position
         data = leg.outbound.packet(packet.payload_type, position, payload, packet.marker, self.last_activity)

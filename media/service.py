@@ -121,6 +121,7 @@ class CallLink:
     secured_from_ms: float = 0.0
     started: float = 0.0
     supervisors: dict[str, str] = field(default_factory=dict)
+    linking: bool = False  # a link is being recorded: its session counts as open meanwhile
 
 
 class MediaWorker:
@@ -206,7 +207,7 @@ class MediaWorker:
             self._jobs.put_nowait(self._end_call(call_id, EndReason.RTP_TIMEOUT, BreakReason.LINK_LOST))
         for call_id, link in self.links.items():
             call = self.relay.calls.get(call_id)
-            if call is not None and link.session_id and call.session_open:
+            if call is not None and link.session_id and call.session_open and not link.linking:
                 # The session ended (agent, API): a barging supervisor may hear the caller again.
                 call.session_open = self.hub.is_linked(link.session_id)
 
@@ -295,13 +296,15 @@ class MediaWorker:
         for other_id, other in self.links.items():
             if other_id != call_id and other.session_id == session_id:
                 self._drop_session(other_id)  # one live call per session: the one that claimed it last
-        link.session_id = session_id
+        link.session_id, link.linking = session_id, True
         try:
             holds = await database_sync_to_async(self._link_session)(call_id, session_id, link.on_hold)
         except (IllegalTransition, PaymentSession.DoesNotExist):
             logger.info("media worker %s: session of call %s is not open", self.worker_id, call_id)
             call.session_open = False
             return
+        finally:
+            link.linking = False
         if not holds:
             logger.info("media worker %s: call %s no longer holds session %s", self.worker_id, call_id, session_id)
             self._drop_session(call_id)
@@ -312,6 +315,7 @@ class MediaWorker:
             held_through = call.caller_keys.abandon_press()  # pressed before: refused (and counted)
             if held_through in CAPTURE_KEYS:
                 self._jobs.put_nowait(self._refuse(session_id, held_through))
+        call.session_open = True
         call.listen_for_agent_code = False
 
     def _link_session(self, call_id: str, session_id: str, on_hold: bool) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from media.calls import BARGE, MONITOR, Call, CallAudioBatch
+from media.calls import BARGE, CODECS, MONITOR, Call, CallAudioBatch
 from media.codecs import ulaw_decode, ulaw_encode
 from media.dtmf import detect
 from media.rfc4733 import build_event
@@ -304,3 +304,46 @@ def test_a_short_word_of_the_agent_reaches_a_monitoring_supervisor_while_the_cal
         receive(call.agent, RtpPacket(0, index, 160 * index, 9, chunk).build(), 1.0 + 0.02 * index)
     late = [samples for at, samples in heard if at >= 1.0]
     assert len(late) == 3 and np.array_equal(np.concatenate(late), ulaw_decode(ulaw_encode(word)))  # at once
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+def test_a_speaking_callers_pauses_keep_the_supervisors_stream_on_real_time(codec):
+    call = Call("c1", codec=codec)
+    watcher = call.add_supervisor("watcher", MONITOR)
+    encode = CODECS[codec].encode
+    payload_type = CODECS[codec].payload_type
+    heard: list[tuple[float, int]] = []
+    events, caller_sequence = [], 0
+    for index in range(250):  # 5 s of the agent; the caller speaks, with four 0.5 s pauses
+        at = index * 0.02
+        agent_speech = encode(voice(1)).tobytes()
+        events.append((at, call.agent, RtpPacket(payload_type, index, 160 * index, 9, agent_speech).build()))
+        if not any(start <= at < start + 0.5 for start in (0.5, 1.5, 2.5, 3.5)):
+            caller_speech = encode(voice(1, step=0.09)).tobytes()
+            caller_packet = RtpPacket(payload_type, caller_sequence, 160 * index, 8, caller_speech)
+            events.append((at + 0.001, call.caller, caller_packet.build()))
+            caller_sequence += 1
+    for at, leg, data in sorted(events, key=lambda event: event[0]):
+        sent = call.receive(leg, data, at).datagrams
+        heard += [(at, parse_rtp(out).timestamp) for to, out in sent if to is watcher]
+    (first_at, first), (last_at, last) = heard[0], heard[-1]
+    assert abs(((last - first) % 2**32) / 8 - (last_at - first_at) * 1000) <= 20  # no pause counted twice
+    assert all(0 < (b - a) % 2**32 < 2**31 for (_, a), (_, b) in zip(heard, heard[1:], strict=False))
+
+
+def test_an_agent_key_whose_first_event_comes_late_does_not_shift_the_agents_audio():
+    call = Call("c1")
+    to_caller: list[tuple[float, RtpPacket]] = []
+    frame, sequence = 0, 0
+    for _press in range(5):  # the phone dates each press 100 ms back (its tone's start) while audio flows
+        for _ in range(25):
+            data = RtpPacket(0, sequence, 160 * frame, 9, bytes([0xFF]) * 160).build()
+            sent = call.receive(call.agent, data, frame * 0.02).datagrams
+            to_caller += [(frame * 0.02, parse_rtp(out)) for to, out in sent if to is call.caller]
+            frame, sequence = frame + 1, sequence + 1
+        event = RtpPacket(101, sequence, 160 * (frame - 5), 9, build_event("5", 800), marker=True).build()
+        call.receive(call.agent, event, frame * 0.02)
+        sequence += 1
+    audio = [(at, packet) for at, packet in to_caller if packet.payload_type == 0]
+    (first_at, first), (last_at, last) = audio[0], audio[-1]
+    assert ((last.timestamp - first.timestamp) % 2**32) / 8 == round((last_at - first_at) * 1000)

@@ -766,3 +766,23 @@ def test_a_barging_supervisor_hears_no_caller_while_the_link_is_still_being_reco
     run(scenario)
     assert session_open_seen == [("_supervisor", True), ("_link_session", True)]
     assert worker.relay.calls[str(call.pk)].session_open and secure_state(session) == (SecureState.SECURED, "")
+
+
+def test_a_tick_while_the_link_is_being_recorded_leaves_the_session_open_for_the_call(alpha, worker, monkeypatch):
+    session = session_in_card_entry(alpha)
+    call = start_call(alpha.tenant)
+    original_link_session = worker._link_session
+
+    def link_session_with_a_tick_meanwhile(call_id, *args):
+        worker._tick_once()  # the tick asks the hub, which holds no card entry yet
+        return original_link_session(call_id, *args)
+
+    async def scenario():
+        await start(worker, call)
+        worker.relay.calls[str(call.pk)].add_supervisor("boss", media_calls.BARGE)
+        monkeypatch.setattr(worker, "_link_session", link_session_with_a_tick_meanwhile)
+        await link(worker, call, session)
+        worker._tick_once()
+        return worker.relay.calls[str(call.pk)].session_open
+
+    assert run(scenario) is True  # the barging supervisor hears nothing of the caller
