@@ -630,7 +630,7 @@ class Call:
         _position, gap, skip = timeline.fit(packet.timestamp, codes.size, now)
         if skip:
             codes = codes[skip:]  # overlap with audio already played: keep the new part
-        if gap:  # lost packets: silence, in pieces of this packet's size (each goes out as a packet)
+        if gap:  # lost packets: silence, masked in pieces of this packet's size (sent if not silent after)
             for start in range(0, gap, codes.size):
                 self.audio.queue_caller(self, self.codec.silence[: min(codes.size, gap - start)], False, fill=True)
         if self.caller_keys.tracker is not None:
