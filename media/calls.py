@@ -258,7 +258,8 @@ class Leg:
         self.out_position = 0  # samples sent on the outbound stream
         self.forward_offset = 0  # added to a relayed stream's positions (see Call._forward)
         self.forwarded_until = 0  # where the relayed stream's last audio ended (after the offset)
-        # When it last got its main stream (the caller's audio; the agent's for the caller's leg).
+        # When it last got its main stream (the caller's audio, or events of a key press whose
+        # tone is still to come; the agent's audio for the caller's leg).
         self.main_sent_at: float | None = None
         self.mix_in = MixQueue()  # secondary audio mixed into what this leg hears
         self.received = 0
@@ -620,6 +621,11 @@ class Call:
             except ValueError:
                 self._drop("event_payload")
                 return
+            # A phone may send only events while a key is down: its stream is alive all the same
+            # (the key's flat tone fills this time once its audio resumes), so the agent's and
+            # supervisors' legs do not take secondary audio sent on its own for that time.
+            for leg in (self.agent, *self.supervisors.values()):
+                leg.main_sent_at = now
             # Mask the event's span in the audio too (the masker runs on the same timeline);
             # noted at once, before audio still queued: the queued audio is masked too.
             if active_start is not None:

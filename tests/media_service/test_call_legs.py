@@ -347,3 +347,33 @@ def test_an_agent_key_whose_first_event_comes_late_does_not_shift_the_agents_aud
     audio = [(at, packet) for at, packet in to_caller if packet.payload_type == 0]
     (first_at, first), (last_at, last) = audio[0], audio[-1]
     assert ((last.timestamp - first.timestamp) % 2**32) / 8 == round((last_at - first_at) * 1000)
+
+
+def test_a_key_sent_as_events_only_sounds_as_long_for_a_monitoring_supervisor_as_for_the_agent():
+    call = Call("c1")
+    call.add_supervisor("watcher", MONITOR)
+    agent_voice = ulaw_encode(np.zeros(160, np.int16)).tobytes()  # the agent's phone sends silence
+    heard: dict[str, list[np.ndarray]] = {"agent": [], "watcher": []}
+    sequence, press_at, press_packets = 0, 100, 10  # a 200 ms key, events only: no audio meanwhile
+    for index in range(200):
+        at = index * 0.02
+        agent_packet = RtpPacket(0, index, 160 * index, 9, agent_voice).build()
+        for to, out in call.receive(call.agent, agent_packet, at + 0.005).datagrams:
+            if to.name in heard:
+                heard[to.name].append(ulaw_decode(parse_rtp(out).payload))
+        if press_at <= index < press_at + press_packets:
+            end = index == press_at + press_packets - 1
+            for repeat in range(3 if end else 1):
+                event = build_event("5", 160 * (index - press_at + 1), end=end)
+                first = index == press_at and not repeat
+                data = RtpPacket(101, sequence, 160 * press_at, 8, event, marker=first).build()
+                call.receive(call.caller, data, at)
+                sequence += 1
+            continue
+        data = RtpPacket(0, sequence, 160 * index, 8, bytes([0xFF]) * 160).build()
+        for to, out in call.receive(call.caller, data, at).datagrams:
+            if to.name in heard:
+                heard[to.name].append(ulaw_decode(parse_rtp(out).payload))
+        sequence += 1
+    tone_ms = {name: np.count_nonzero(np.abs(np.concatenate(chunks)) > 50) / 8 for name, chunks in heard.items()}
+    assert tone_ms["agent"] >= 140 and tone_ms["watcher"] == tone_ms["agent"]  # was 24 ms for the supervisor
