@@ -287,22 +287,25 @@ class MediaWorker:
         link, call = self.links[call_id], self.relay.calls.get(call_id)
         if call is None:
             return
-        call.session_open = True  # from now, not after the database's answer: barging supervisors hear no caller
-        # Keys count from here (read before any wait); a repeated link of a secured call keeps its start.
-        already_secured = link.linked and not link.on_hold and link.session_id == session_id and not resecure
-        position_ms = call.caller.timeline.next_position * 1000 / SAMPLE_RATE
-        if link.session_id and link.session_id != session_id and link.linked:
-            await self._break(call_id, BreakReason.LINE_SWITCH)  # the old session loses this call
-        for other_id, other in self.links.items():
-            if other_id != call_id and other.session_id == session_id:
-                self._drop_session(other_id)  # one live call per session: the one that claimed it last
-        link.session_id, link.linking = session_id, True
+        # From now, not after the database's answer: barging supervisors hear no caller, and the
+        # tick leaves that alone until the link is recorded (its card entry does not exist yet).
+        call.session_open, link.linking = True, True
         try:
-            holds = await database_sync_to_async(self._link_session)(call_id, session_id, link.on_hold)
-        except (IllegalTransition, PaymentSession.DoesNotExist):
-            logger.info("media worker %s: session of call %s is not open", self.worker_id, call_id)
-            call.session_open = False
-            return
+            # Keys count from here (read before any wait); a repeated link of a secured call keeps its start.
+            already_secured = link.linked and not link.on_hold and link.session_id == session_id and not resecure
+            position_ms = call.caller.timeline.next_position * 1000 / SAMPLE_RATE
+            if link.session_id and link.session_id != session_id and link.linked:
+                await self._break(call_id, BreakReason.LINE_SWITCH)  # the old session loses this call
+            for other_id, other in self.links.items():
+                if other_id != call_id and other.session_id == session_id:
+                    self._drop_session(other_id)  # one live call per session: the one that claimed it last
+            link.session_id = session_id
+            try:
+                holds = await database_sync_to_async(self._link_session)(call_id, session_id, link.on_hold)
+            except (IllegalTransition, PaymentSession.DoesNotExist):
+                logger.info("media worker %s: session of call %s is not open", self.worker_id, call_id)
+                call.session_open = False
+                return
         finally:
             link.linking = False
         if not holds:

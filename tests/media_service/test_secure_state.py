@@ -786,3 +786,26 @@ def test_a_tick_while_the_link_is_being_recorded_leaves_the_session_open_for_the
         return worker.relay.calls[str(call.pk)].session_open
 
     assert run(scenario) is True  # the barging supervisor hears nothing of the caller
+
+
+def test_a_tick_while_a_call_moves_to_a_new_session_leaves_it_open_for_the_call(alpha, worker, hub, monkeypatch):
+    first, second = session_in_card_entry(alpha), session_in_card_entry(alpha)
+    call = start_call(alpha.tenant)
+    original_break_session = worker._break_session
+    seen = []
+
+    def break_session_with_a_tick_meanwhile(call_id, *args):
+        worker._tick_once()  # the first session has ended: its card entry is gone
+        seen.append(worker.relay.calls[call_id].session_open)
+        return original_break_session(call_id, *args)
+
+    async def scenario():
+        await start(worker, call)
+        await link(worker, call, first)
+        await database_sync_to_async(first.end)("test")
+        hub.handle_command({"session": str(first.pk), "command": "end"})  # as the worker's listener applies it
+        monkeypatch.setattr(worker, "_break_session", break_session_with_a_tick_meanwhile)
+        await link(worker, call, second)  # the agent's next payment on the same call
+        return worker.relay.calls[str(call.pk)].session_open
+
+    assert run(scenario) is True and seen == [True]  # a barging supervisor never heard the caller meanwhile
