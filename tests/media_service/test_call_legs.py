@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from media.calls import BARGE, CODECS, MONITOR, Call, CallAudioBatch
+from media.calls import BARGE, CODECS, MONITOR, Call, CallAudioBatch, Received
 from media.codecs import ulaw_decode, ulaw_encode
 from media.dtmf import detect
 from media.rfc4733 import build_event
 from media.rtp import MalformedPacket, RtpPacket, parse_rtp
 from media.softphone import caller_packets
+
+
+def packets_to(listener: str, received: Received) -> list[RtpPacket]:
+    """The packets one leg (by name) gets of what a call sent for one datagram."""
+    return [parse_rtp(out) for to, out in received.datagrams if to.name == listener]
 
 
 def run(call: Call, keys: str = "123", mode: str = "inband") -> dict[str, np.ndarray]:
@@ -191,7 +196,7 @@ def test_a_barging_supervisor_is_heard_by_the_caller_while_the_agent_sends_nothi
     to_caller: list[RtpPacket] = []
 
     def receive(leg, data, at):
-        to_caller.extend(parse_rtp(out) for to, out in call.receive(leg, data, at).datagrams if to is call.caller)
+        to_caller.extend(packets_to("caller", call.receive(leg, data, at)))
 
     receive(call.agent, RtpPacket(0, 1, 0, 9, ulaw_encode(np.zeros(160, np.int16)).tobytes()).build(), 0.0)
     for index in range(20):  # 400 ms of the supervisor talking; the agent's phone suppresses its silence
@@ -217,7 +222,7 @@ def test_a_new_agent_stream_continues_the_callers_timeline():
     for ssrc, first_timestamp in ((9, 1000), (10, 777_000)):  # a transfer: new SSRC, unrelated timestamps
         for index in range(5):
             data = RtpPacket(0, 100 + index, first_timestamp + 160 * index, ssrc, bytes(160)).build()
-            sent += [parse_rtp(out) for to, out in call.receive(call.agent, data, 0.0).datagrams if to is call.caller]
+            sent += packets_to("caller", call.receive(call.agent, data, 0.0))
     stamps = [p.timestamp - sent[0].timestamp for p in sent]
     assert stamps == [160 * index for index in range(10)]
 
@@ -229,7 +234,7 @@ def test_an_agent_key_after_a_barging_supervisor_spoke_alone_is_not_sent_back_in
     to_caller: list[RtpPacket] = []
 
     def receive(leg, data, at):
-        to_caller.extend(parse_rtp(out) for to, out in call.receive(leg, data, at).datagrams if to is call.caller)
+        to_caller.extend(packets_to("caller", call.receive(leg, data, at)))
 
     for index in range(10):  # the agent talks, then its phone suppresses its silence ...
         receive(call.agent, RtpPacket(0, index, 1000 + 160 * index, 9, bytes([0xFF]) * 160).build(), index * 0.02)
@@ -263,8 +268,7 @@ def test_a_pause_of_the_caller_is_not_counted_twice_on_the_legs_that_heard_other
             events.append((at + 0.001, call.caller, caller))
             caller_sequence += 1
     for at, leg, data in sorted(events, key=lambda event: event[0]):
-        sent = call.receive(leg, data, at).datagrams
-        heard += [(at, parse_rtp(out).timestamp) for to, out in sent if to.name == listener]
+        heard += [(at, packet.timestamp) for packet in packets_to(listener, call.receive(leg, data, at))]
     (first_at, first_stamp), (last_at, last_stamp) = heard[0], heard[-1]
     ahead_ms = ((last_stamp - first_stamp) % 2**32) / 8 - (last_at - first_at) * 1000
     assert -40 <= ahead_ms <= 120  # within the 100 ms a secondary stream waits before going out alone
@@ -280,8 +284,8 @@ def test_a_barging_supervisor_whose_clock_runs_fast_adds_no_packets_to_the_calle
     events += [(index * 0.02 / 1.005, boss, index) for index in range(3015)]  # 0.5 % fast
     for at, leg, index in sorted(events, key=lambda event: event[0]):
         payload = bytes([0xFF]) * 160 if leg is call.agent else speech
-        sent = call.receive(leg, RtpPacket(0, index, 160 * index, 5 + (leg is boss), payload).build(), at)
-        to_caller += [(at, parse_rtp(out)) for to, out in sent.datagrams if to is call.caller]
+        received = call.receive(leg, RtpPacket(0, index, 160 * index, 5 + (leg is boss), payload).build(), at)
+        to_caller += [(at, packet) for packet in packets_to("caller", received)]
     (first_at, first), (last_at, last) = to_caller[0], to_caller[-1]
     assert len(to_caller) == 3000  # the agent's packets, the supervisor mixed in: nothing extra
     assert abs(((last.timestamp - first.timestamp) % 2**32) / 8 - (last_at - first_at) * 1000) <= 20
@@ -289,12 +293,11 @@ def test_a_barging_supervisor_whose_clock_runs_fast_adds_no_packets_to_the_calle
 
 def test_a_short_word_of_the_agent_reaches_a_monitoring_supervisor_while_the_caller_is_silent():
     call = Call("c1")
-    watcher = call.add_supervisor("watcher", MONITOR)
+    call.add_supervisor("watcher", MONITOR)
     heard: list[tuple[float, np.ndarray]] = []
 
     def receive(leg, data, at):
-        sent = call.receive(leg, data, at).datagrams
-        heard.extend((at, ulaw_decode(parse_rtp(out).payload)) for to, out in sent if to is watcher)
+        heard.extend((at, ulaw_decode(packet.payload)) for packet in packets_to("watcher", call.receive(leg, data, at)))
 
     for index in range(10):  # the caller speaks, then its phone suppresses its silence
         receive(call.caller, RtpPacket(0, index, 160 * index, 8, bytes([0xFF]) * 160).build(), index * 0.02)
@@ -309,7 +312,7 @@ def test_a_short_word_of_the_agent_reaches_a_monitoring_supervisor_while_the_cal
 @pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
 def test_a_speaking_callers_pauses_keep_the_supervisors_stream_on_real_time(codec):
     call = Call("c1", codec=codec)
-    watcher = call.add_supervisor("watcher", MONITOR)
+    call.add_supervisor("watcher", MONITOR)
     encode = CODECS[codec].encode
     payload_type = CODECS[codec].payload_type
     heard: list[tuple[float, int]] = []
@@ -324,8 +327,7 @@ def test_a_speaking_callers_pauses_keep_the_supervisors_stream_on_real_time(code
             events.append((at + 0.001, call.caller, caller_packet.build()))
             caller_sequence += 1
     for at, leg, data in sorted(events, key=lambda event: event[0]):
-        sent = call.receive(leg, data, at).datagrams
-        heard += [(at, parse_rtp(out).timestamp) for to, out in sent if to is watcher]
+        heard += [(at, packet.timestamp) for packet in packets_to("watcher", call.receive(leg, data, at))]
     (first_at, first), (last_at, last) = heard[0], heard[-1]
     assert abs(((last - first) % 2**32) / 8 - (last_at - first_at) * 1000) <= 20  # no pause counted twice
     assert all(0 < (b - a) % 2**32 < 2**31 for (_, a), (_, b) in zip(heard, heard[1:], strict=False))
@@ -337,9 +339,9 @@ def test_an_agent_key_whose_first_event_comes_late_does_not_shift_the_agents_aud
     frame, sequence = 0, 0
     for _press in range(5):  # the phone dates each press 100 ms back (its tone's start) while audio flows
         for _ in range(25):
+            at = frame * 0.02
             data = RtpPacket(0, sequence, 160 * frame, 9, bytes([0xFF]) * 160).build()
-            sent = call.receive(call.agent, data, frame * 0.02).datagrams
-            to_caller += [(frame * 0.02, parse_rtp(out)) for to, out in sent if to is call.caller]
+            to_caller += [(at, packet) for packet in packets_to("caller", call.receive(call.agent, data, at))]
             frame, sequence = frame + 1, sequence + 1
         event = RtpPacket(101, sequence, 160 * (frame - 5), 9, build_event("5", 800), marker=True).build()
         call.receive(call.agent, event, frame * 0.02)
@@ -357,10 +359,9 @@ def test_a_key_sent_as_events_only_sounds_as_long_for_a_monitoring_supervisor_as
     sequence, press_at, press_packets = 0, 100, 10  # a 200 ms key, events only: no audio meanwhile
     for index in range(200):
         at = index * 0.02
-        agent_packet = RtpPacket(0, index, 160 * index, 9, agent_voice).build()
-        for to, out in call.receive(call.agent, agent_packet, at + 0.005).datagrams:
-            if to.name in heard:
-                heard[to.name].append(ulaw_decode(parse_rtp(out).payload))
+        received = call.receive(call.agent, RtpPacket(0, index, 160 * index, 9, agent_voice).build(), at + 0.005)
+        for name in heard:
+            heard[name] += [ulaw_decode(packet.payload) for packet in packets_to(name, received)]
         if press_at <= index < press_at + press_packets:
             end = index == press_at + press_packets - 1
             for repeat in range(3 if end else 1):
@@ -370,10 +371,9 @@ def test_a_key_sent_as_events_only_sounds_as_long_for_a_monitoring_supervisor_as
                 call.receive(call.caller, data, at)
                 sequence += 1
             continue
-        data = RtpPacket(0, sequence, 160 * index, 8, bytes([0xFF]) * 160).build()
-        for to, out in call.receive(call.caller, data, at).datagrams:
-            if to.name in heard:
-                heard[to.name].append(ulaw_decode(parse_rtp(out).payload))
+        received = call.receive(call.caller, RtpPacket(0, sequence, 160 * index, 8, bytes([0xFF]) * 160).build(), at)
+        for name in heard:
+            heard[name] += [ulaw_decode(packet.payload) for packet in packets_to(name, received)]
         sequence += 1
     tone_ms = {name: np.count_nonzero(np.abs(np.concatenate(chunks)) > 50) / 8 for name, chunks in heard.items()}
     assert tone_ms["agent"] >= 140 and tone_ms["watcher"] == tone_ms["agent"]  # was 24 ms for the supervisor

@@ -43,8 +43,13 @@ def agent_voice(duration_s: float) -> tuple[list[tuple[float, bytes]], np.ndarra
     return packets, sent
 
 
-def assert_caller_hears_the_agent(caller: np.ndarray, voice_audio: np.ndarray) -> None:
-    """The agent's audio reached the caller unchanged (a silent supervisor adds nothing)."""
+def assert_agent_and_caller_unaffected(phones, keys: str, voice_audio: np.ndarray) -> None:
+    """What a supervisor does changes nothing for them: the agent hears flat tones for the
+    caller's keys, the caller hears the agent's audio unchanged (a silent supervisor adds nothing)."""
+    agent = phones.audio("agent")
+    assert_no_digit_heard(agent, caller_packets(keys)[1], keys)
+    assert band_share(agent, FLAT_TONE_HZ) > 0.5
+    caller = phones.audio("caller")
     assert caller.size >= voice_audio.size - FRAME
     assert np.array_equal(caller[: voice_audio.size], voice_audio[: caller.size])
 
@@ -54,6 +59,20 @@ def forget_what_was_heard(phones) -> None:
     phones.drain()
     for datagrams in phones.received.values():
         datagrams.clear()
+
+
+def sue_monitoring_a_secured_call(media_worker, world, session, listen):
+    """A secured call the caller keyed "12" on while supervisor sue monitored it (she heard the
+    flat tones); her recording is emptied. Returns (the session's pages, call, her port, phones)."""
+    pages = listen(session_group(session.pk))
+    call = start_call(world, media_worker)
+    port = add_supervisor(world, call, "sue", "monitor")
+    link(world, call, session.code)
+    wait_secure(pages, "secured")
+    phones = play(call, "12", extra_legs={"sue": port})
+    assert band_share(phones.audio("sue"), FLAT_TONE_HZ) > 0.5, "monitoring, she hears the caller's flat tones"
+    forget_what_was_heard(phones)
+    return pages, call, port, phones
 
 
 @pytest.mark.slow
@@ -91,27 +110,15 @@ def test_supervisor_barging_during_the_session_hears_nothing_of_the_caller(media
     assert_no_digit_heard(boss, caller_audio, "123456")
     assert band_share(boss, FLAT_TONE_HZ) < 0.01, "not even the flat tones: nothing from the caller"
     assert band_share(boss, AGENT_VOICE_HZ) > 0.9, "the supervisor hears the agent"
-    # The agent is unaffected: flat tones instead of digits.
-    agent = phones.audio("agent")
-    assert_no_digit_heard(agent, caller_audio, "123456")
-    assert band_share(agent, FLAT_TONE_HZ) > 0.5
-    assert_caller_hears_the_agent(phones.audio("caller"), voice_audio)
+    assert_agent_and_caller_unaffected(phones, "123456", voice_audio)
 
 
 @pytest.mark.slow
 def test_a_monitoring_supervisor_removed_hears_no_more_and_the_session_is_unsecured(
     media_worker, alpha, session, listen
 ):
-    pages = listen(session_group(session.pk))
-    call = start_call(alpha, media_worker)
-    port = add_supervisor(alpha, call, "sue", "monitor")
-    link(alpha, call, session.code)
-    wait_secure(pages, "secured")
-    phones = play(call, "12", extra_legs={"sue": port})
-    assert band_share(phones.audio("sue"), FLAT_TONE_HZ) > 0.5, "she was hearing the call"
+    pages, call, port, phones = sue_monitoring_a_secured_call(media_worker, alpha, session, listen)
     pages.wait_for(lambda m: m.get("type") == "card.state" and m["fields"]["pan"]["length"] == 2)
-
-    forget_what_was_heard(phones)
     assert api(alpha, "delete", f"/api/v1/calls/{call['id']}/supervisors/sue/").status_code == 204
     wait_secure(pages, "unsecured", "monitor_stop")
     wait_until(lambda: not udp_port_bound(port), what="the supervisor's port released")
@@ -121,11 +128,7 @@ def test_a_monitoring_supervisor_removed_hears_no_more_and_the_session_is_unsecu
     # Her phone got our RTCP goodbye and no RTP after it.
     assert not [data for _at, data in phones.received["sue"] if not is_rtcp(data)]
     assert any(p.packet_type == RTCP_BYE for _at, data in phones.received["sue"] for p in parse_rtcp(data))
-    # The agent and the caller go on as before: flat tones for the keys, the agent's voice unchanged.
-    agent = phones.audio("agent")
-    assert_no_digit_heard(agent, caller_packets("34")[1], "34")
-    assert band_share(agent, FLAT_TONE_HZ) > 0.5
-    assert_caller_hears_the_agent(phones.audio("caller"), voice_audio)
+    assert_agent_and_caller_unaffected(phones, "34", voice_audio)
     # Not secured any more: the keys are refused.
     refused = pages.wait_for(lambda m: m.get("type") == "card.state" and m["rejected_keys"] == 2)
     assert refused["fields"]["pan"]["length"] == 2
@@ -133,15 +136,7 @@ def test_a_monitoring_supervisor_removed_hears_no_more_and_the_session_is_unsecu
 
 @pytest.mark.slow
 def test_a_monitoring_supervisor_who_barges_in_hears_nothing_of_the_caller(media_worker, alpha, session, listen):
-    pages = listen(session_group(session.pk))
-    call = start_call(alpha, media_worker)
-    port = add_supervisor(alpha, call, "sue", "monitor")
-    link(alpha, call, session.code)
-    wait_secure(pages, "secured")
-    phones = play(call, "12", extra_legs={"sue": port})
-    assert band_share(phones.audio("sue"), FLAT_TONE_HZ) > 0.5, "monitoring, she hears the caller's flat tones"
-
-    forget_what_was_heard(phones)
+    pages, call, port, phones = sue_monitoring_a_secured_call(media_worker, alpha, session, listen)
     assert event(alpha, call, "barge", supervisor="sue").status_code == 202
     wait_secure(pages, "unsecured", "barge")
     voice, voice_audio = agent_voice(2.0)
@@ -152,8 +147,5 @@ def test_a_monitoring_supervisor_who_barges_in_hears_nothing_of_the_caller(media
     assert_no_digit_heard(sue, caller_audio, "345")
     assert band_share(sue, FLAT_TONE_HZ) < 0.01, "not even the flat tones: nothing from the caller"
     assert band_share(sue, AGENT_VOICE_HZ) > 0.9, "she hears the agent"
-    agent = phones.audio("agent")
-    assert_no_digit_heard(agent, caller_audio, "345")
-    assert band_share(agent, FLAT_TONE_HZ) > 0.5
-    assert_caller_hears_the_agent(phones.audio("caller"), voice_audio)
+    assert_agent_and_caller_unaffected(phones, "345", voice_audio)
     assert PaymentSession.objects.get(pk=session.pk).is_open, "all along the session was open"
