@@ -212,16 +212,17 @@ class MediaWorker:
                 call.session_open = self.hub.is_linked(link.session_id)
 
     async def _beat(self) -> None:
+        await database_sync_to_async(self._sign_of_life)()
+
+    def _sign_of_life(self) -> None:
         """A sign of life; calls of this worker it does not relay (their start message was
         lost) end once they are older than the RTP timeout, as a silent call would."""
-        await database_sync_to_async(MediaWorkerBeat.beat)(self.worker_id)
-        for call_id in await database_sync_to_async(self._unrelayed_calls)():
-            await database_sync_to_async(self._end_unrelayed)(call_id)
-
-    def _unrelayed_calls(self) -> list[str]:
+        MediaWorkerBeat.beat(self.worker_id)
         cutoff = timezone.now() - timedelta(seconds=self.rtp_timeout_s)
         rows = CallRow.objects.filter(worker_id=self.worker_id, state=CallState.LIVE, created_at__lt=cutoff)
-        return [str(pk) for pk in rows.values_list("pk", flat=True) if str(pk) not in self.links]
+        for pk in rows.values_list("pk", flat=True):
+            if str(pk) not in self.links:
+                self._end_unrelayed(str(pk))
 
     def _end_unrelayed(self, call_id: str) -> None:
         with transaction.atomic():
