@@ -4,14 +4,17 @@ against the test database (PostgreSQL) and Redis, as in production.
 The test drives it only the ways production does: the control API (its
 messages reach the worker over the Redis channel layer), RTP on the call's
 ports, and what the worker publishes to a session's group (what the agent's
-page receives). One worker per test module; each test's calls are hung up
-and their rows ended by the worker before the database is flushed.
+page receives). One worker per test module; each test's calls are hung up,
+their rows ended by the worker and its queued jobs done before the database is
+flushed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
+import string
 import subprocess
 import sys
 import threading
@@ -21,9 +24,12 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.test import override_settings
 
 from media.phones import Phones
+from media.service import worker_group
 from securepay.calls import Call, CallState, MediaWorkerBeat, tell_worker
 from securepay.models import PaymentSession
 from securepay.vault import generate_key, get_vault
@@ -179,6 +185,18 @@ def hang_up_live_calls(worker: WorkerProcess) -> None:
     wait_until(lambda: not live().exists(), TEARDOWN_TIMEOUT_S, "the worker to hang up the test's calls")
 
 
+def wait_for_jobs_done(worker: WorkerProcess) -> None:
+    """Every job the worker had queued is done: a message for an unknown call goes through
+    the same queue and is logged when its turn comes. The database flush after a test must
+    not race the worker's last writes (a hangup logs its counters before it records the
+    break; PostgreSQL's deadlock detector once picked the flush's TRUNCATE)."""
+    # Letters only: the worker's log filter masks digit runs that could be a card number.
+    marker = "settle-" + "".join(random.choices(string.ascii_lowercase, k=20))
+    message = {"type": "test.settle", "call": marker}
+    async_to_sync(get_channel_layer().group_send)(worker_group(worker.worker_id), message)
+    worker.wait_for_log(f"test.settle for unknown call {marker}", TEARDOWN_TIMEOUT_S)
+
+
 @pytest.fixture
 def media_worker(worker_process, transactional_db):
     # The running worker signs of life every few seconds; the database flush after the
@@ -188,6 +206,7 @@ def media_worker(worker_process, transactional_db):
         get_vault.cache_clear()
         yield worker_process
         hang_up_live_calls(worker_process)
+        wait_for_jobs_done(worker_process)
     get_vault.cache_clear()
 
 
