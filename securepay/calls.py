@@ -76,6 +76,9 @@ class Call(models.Model):
     agent_address = models.CharField(max_length=64, blank=True)
     # {name: {"mode": "monitor"|"barge", "port": int}}
     supervisors = models.JSONField(default=dict, blank=True)
+    # {name: session id} of barging supervisors whose leg was removed while that session was
+    # open: coming back, they still hear nothing of the caller until it closes (DESIGN).
+    barged_away = models.JSONField(default=dict, blank=True)
     session = models.ForeignKey(PaymentSession, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls")
     state = models.CharField(max_length=8, choices=CallState.choices, default=CallState.LIVE)
     end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True)
@@ -115,27 +118,27 @@ class Call(models.Model):
             self.supervisors[supervisor]["mode"] = BARGE
             self.save(update_fields=["supervisors"])
         elif supervisor is not None and event == "monitor_stop":
-            del self.supervisors[supervisor]
-            self.save(update_fields=["supervisors"])
+            self._drop_supervisor(supervisor)
         tell_worker(self, {"type": "call.event", "event": event, "supervisor": supervisor})
 
     def put_supervisor(self, name: str, mode: str, address: str) -> tuple[dict, bool]:
         """Add a supervisor leg, or change its mode: (its entry, whether it is new). A leg keeps
         its address; a barging supervisor hears nothing of the caller while the session is open,
-        so barge does not turn back into monitor then (DESIGN). The worker is told even when
-        nothing changed: it reopens a leg that failed to bind. Raises NoFreePort, SupervisorConflict."""
+        so barge does not turn back into monitor then (DESIGN), not even by leaving and coming
+        back. The worker is told even when nothing changed: it reopens a leg that failed to bind.
+        Raises NoFreePort, SupervisorConflict."""
         entry = self.supervisors.get(name)
-        created = entry is None
-        if created:
-            (port,) = allocate_ports(self.worker_id, 1)
-            entry = {"port": port, "address": address, "mode": mode}
-        elif address and address != entry["address"]:
+        if entry is not None and address and address != entry["address"]:
             raise SupervisorConflict("supervisor_exists", f"Supervisor {name} is on this call from another address.")
-        elif mode == MONITOR and entry["mode"] == BARGE and self.session_id and self.session.is_open:
+        if mode == MONITOR and self._barged_while_open(name, entry):
             raise SupervisorConflict(
                 "barged_during_session",
                 "A supervisor who barged in hears nothing from the caller while the session is open.",
             )
+        created = entry is None
+        if created:
+            (port,) = allocate_ports(self.worker_id, 1)
+            entry = {"port": port, "address": address, "mode": mode}
         if created or entry["mode"] != mode:
             entry["mode"] = mode
             self.supervisors[name] = entry
@@ -147,10 +150,24 @@ class Call(models.Model):
         """False when there is no such leg."""
         if name not in self.supervisors:
             return False
-        del self.supervisors[name]
-        self.save(update_fields=["supervisors"])
+        self._drop_supervisor(name)
         tell_worker(self, {"type": "call.supervisor", "name": name, "mode": None})
         return True
+
+    def _session_is_open(self) -> bool:
+        return self.session_id is not None and self.session.is_open
+
+    def _barged_while_open(self, name: str, entry: dict | None) -> bool:
+        """The supervisor barges, or barged and left, while the call's session is open."""
+        if not self._session_is_open():
+            return False
+        return (entry is not None and entry["mode"] == BARGE) or self.barged_away.get(name) == str(self.session_id)
+
+    def _drop_supervisor(self, name: str) -> None:
+        entry = self.supervisors.pop(name)
+        if entry["mode"] == BARGE and self._session_is_open():
+            self.barged_away[name] = str(self.session_id)
+        self.save(update_fields=["supervisors", "barged_away"])
 
     def hang_up(self, actor: str) -> None:
         """The integration reports the call over: it ends now - a

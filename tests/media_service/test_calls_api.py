@@ -382,6 +382,32 @@ def test_a_supervisor_who_barged_cannot_monitor_again_while_the_session_is_open(
     assert back.status_code == 200 and back.json()["mode"] == "monitor"
 
 
+@pytest.mark.parametrize("leave", ["delete", "monitor_stop"])
+def test_a_supervisor_who_barged_and_left_cannot_come_back_to_monitor_while_the_session_is_open(alpha, leave):
+    call_id, base = call_with_sue(alpha)
+    session = session_in_card_entry(alpha)
+    assert api(alpha, "post", base + "link/", {"code": session.code}).status_code == 200
+    assert api(alpha, "post", base + "events/", {"event": "barge", "supervisor": "sue"}).status_code == 202
+    if leave == "delete":
+        assert api(alpha, "delete", base + "supervisors/sue/").status_code == 204
+    else:
+        assert api(alpha, "post", base + "events/", {"event": "monitor_stop", "supervisor": "sue"}).status_code == 202
+    assert "sue" not in Call.objects.get(pk=call_id).supervisors
+    refused = api(alpha, "post", base + "supervisors/", {"name": "sue", "mode": "monitor"})
+    assert refused.status_code == 409 and refused.json()["code"] == "barged_during_session"
+    assert "sue" not in Call.objects.get(pk=call_id).supervisors  # no leg, no port taken
+    # Barging again is what she may do; another supervisor may still monitor.
+    assert api(alpha, "post", base + "supervisors/", {"name": "sue", "mode": "barge"}).status_code == 201
+    assert api(alpha, "post", base + "supervisors/", {"name": "tom", "mode": "monitor"}).status_code == 201
+    assert api(alpha, "delete", base + "supervisors/sue/").status_code == 204
+    # The next session on this call is a new one: she may monitor it.
+    session.end("test")
+    later = session_in_card_entry(alpha)
+    assert api(alpha, "post", base + "link/", {"code": later.code}).status_code == 200
+    back = api(alpha, "post", base + "supervisors/", {"name": "sue", "mode": "monitor"})
+    assert back.status_code == 201 and back.json()["mode"] == "monitor"
+
+
 def test_the_schema_documents_what_the_call_endpoints_answer():
     schema = Client().get(reverse("api-schema") + "?format=json").json()
     paths = schema["paths"]
