@@ -75,7 +75,7 @@ def test_links_the_call_through_its_own_worker_and_leaves_the_web_workers_calls_
     assert other.session.is_secured
 
 
-def test_hangup_is_handled_by_the_commands_worker_before_it_stops(alpha):
+def test_hangup_ends_the_call_and_unsecures_the_session_as_the_api_does(alpha):
     session = open_session(alpha)
 
     simulate(session, "--hangup")

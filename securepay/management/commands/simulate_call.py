@@ -23,7 +23,7 @@ import uuid
 import numpy as np
 from channels.db import database_sync_to_async
 from django.conf import settings
-from django.core.management.base import CommandError
+from django.db import transaction
 
 from media.calls import CODECS
 from media.codecs import write_wav
@@ -38,7 +38,6 @@ from securepay.calls import (
     WorkerUnavailable,
     link_call,
     start_call,
-    tell_worker,
 )
 from securepay.models import PaymentSession
 from tenants.management.commands._base import OperatorCommand
@@ -46,6 +45,7 @@ from tenants.models import Tenant
 
 KEYS_PATTERN = re.compile(r"^[0-9*#]{1,64}$")
 LINK_WAIT_S = 3.0
+ACTOR = "simulate_call"
 
 
 class Command(OperatorCommand):
@@ -110,10 +110,7 @@ class Command(OperatorCommand):
         finally:
             if worker_task:
                 if call is not None:  # handled by the command's worker before it stops (also after a failure)
-                    try:
-                        await self._hang_up(call, wait=True)
-                    except CommandError as exc:
-                        self.stderr.write(f"warning: {exc}")
+                    await self._hang_up(call)
                 worker_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker_task
@@ -147,18 +144,17 @@ class Command(OperatorCommand):
             await asyncio.sleep(0.05)
         raise self.fail("the media worker did not link the call (is `manage.py media_worker` running?)")
 
-    async def _hang_up(self, call: Call, wait: bool = False) -> None:
-        await database_sync_to_async(tell_worker)(call, {"type": "call.event", "event": "hangup", "supervisor": None})
-        if wait:
-            await self._wait_ended(call.pk)
+    async def _hang_up(self, call: Call) -> None:
+        await database_sync_to_async(self._hang_up_row)(call.pk)
 
-    async def _wait_ended(self, call_id) -> None:
-        deadline = time.monotonic() + LINK_WAIT_S
-        while time.monotonic() < deadline:
-            if not await database_sync_to_async(Call.objects.filter(pk=call_id, state=CallState.LIVE).exists)():
-                return
-            await asyncio.sleep(0.05)
-        raise self.fail("the media worker did not hang up the call")
+    @staticmethod
+    def _hang_up_row(call_id) -> None:
+        """As the control API's hangup: the row ends and the session is unsecured now, whether
+        or not a worker is there to hear it; the worker is told to stop relaying."""
+        with transaction.atomic():
+            call = Call.objects.select_for_update().filter(pk=call_id, state=CallState.LIVE).first()
+            if call is not None:
+                call.hang_up(ACTOR)
 
     async def _phones(self, call, keys, mode, codec) -> tuple[np.ndarray, dict]:
         sent, _audio = caller_packets(keys, mode, codec, call.event_payload_type)
