@@ -106,6 +106,10 @@ MIX_STANDALONE_S = 0.1  # more than network jitter between the two streams
 # While the main stream flows, secondary audio waits for it at most this much; older is
 # dropped, so a secondary clock running fast adds neither packets nor delay.
 MIX_WAIT_SAMPLES = 480
+# Audio below this mean power (dBm0; 0 dBm0 is a sine of peak 22747) is quiet: a leg that
+# runs ahead of the caller's timeline may drop it to get back to real time.
+QUIET_DBM0 = -50.0
+QUIET_MEAN_SQUARE = (22747 / 2**0.5) ** 2 * 10 ** (QUIET_DBM0 / 10)
 RTCP_INTERVAL_S = 5.0
 # A phone that switched streams (re-INVITE, transfer) may still have packets of the old one
 # in flight: for this long they are dropped rather than taken for a switch back.
@@ -178,6 +182,12 @@ class MixQueue:
         if keep is not None:
             self.keep_latest(keep)
         return out
+
+
+def is_quiet(pcm: np.ndarray) -> bool:
+    """Below QUIET_DBM0: line noise, a pause - nothing a listener misses for 20 ms."""
+    samples = pcm.astype(np.float64)
+    return float(np.dot(samples, samples)) <= QUIET_MEAN_SQUARE * samples.size
 
 
 def mix(pcm: np.ndarray, other: np.ndarray | None) -> np.ndarray:
@@ -762,17 +772,20 @@ class Call:
     ) -> None:
         """Masked caller audio at `position` on the caller's timeline (None: secondary audio
         alone), with this leg's secondary audio mixed in, to one leg. Never before what the leg
-        already heard: after audio sent alone (the caller was silent) it follows on, until the
-        caller's timeline passes it again (at the caller's next pause): no time counts twice.
-        Caller audio for a time the leg heard audio sent alone is dropped if it is silence, or
-        `late` (speech held back when the caller's stream paused, out of its place by now)."""
+        already heard: after audio sent alone (the caller was silent, or its packets late) it
+        follows on, until the caller's timeline passes it again: no time counts twice. While the
+        leg is ahead so, caller audio is dropped if it is quiet with nothing mixed in (the lead
+        is paid back in the caller's quiet moments, a noisy line included, not only at its next
+        pause) or `late` (speech held back when the caller's stream paused, out of its place by
+        now). A key's flat tone is never quiet: it is always heard."""
         keep = None if position is None else MIX_WAIT_SAMPLES  # on the main stream: it flows, no backlog
         other = leg.mix_in.take(pcm.size, keep) if leg.mix_in.queued else None
+        heard = mix(pcm, other)
         if other is not None or payload is None:
-            payload = self.codec.encode(mix(pcm, other)).tobytes()
+            payload = self.codec.encode(heard).tobytes()
         if position is not None:
             leg.main_sent_at = self.last_activity
-            if position < leg.out_position and (late or not payload.strip(self.codec.silence[:1].tobytes())):
+            if position < leg.out_position and (late or is_quiet(heard)):
                 return
         if position is None or position < leg.out_position:
             position = leg.out_position

@@ -333,6 +333,44 @@ def test_a_speaking_callers_pauses_keep_the_supervisors_stream_on_real_time(code
     assert all(0 < (b - a) % 2**32 < 2**31 for (_, a), (_, b) in zip(heard, heard[1:], strict=False))
 
 
+def test_stalls_of_a_callers_stream_do_not_push_the_supervisors_stream_ever_further_ahead():
+    """A caller's line with a little noise (no silence suppression, never digital silence) stalls
+    for 160 ms five times (a jitter spike: its packets then arrive at once) while the agent
+    speaks: each time, the agent's voice goes out alone and the caller's late packets follow
+    it. Quiet caller audio is dropped while the leg is ahead, so the lead does not add up."""
+    call = Call("c1")
+    call.add_supervisor("watcher", MONITOR)
+    rng = np.random.default_rng(5)
+    heard: list[tuple[float, int]] = []
+    events = []
+    for index in range(500):  # 10 s; stalls at 1, 3, 5, 7 and 9 s
+        at = index * 0.02
+        events.append((at, call.agent, RtpPacket(0, index, 160 * index, 9, ulaw_encode(voice(1)).tobytes()).build()))
+        noise = ulaw_encode(rng.normal(0, 25, 160).astype(np.int16)).tobytes()  # about -56 dBm0
+        stalled_until = next((start + 0.16 for start in (1, 3, 5, 7, 9) if start <= at < start + 0.16), at)
+        events.append((stalled_until + 0.001, call.caller, RtpPacket(0, index, 160 * index, 8, noise).build()))
+    for at, leg, data in sorted(events, key=lambda event: event[0]):
+        heard += [(at, packet.timestamp) for packet in packets_to("watcher", call.receive(leg, data, at))]
+    (first_at, first), (last_at, last) = heard[0], heard[-1]
+    ahead_ms = ((last - first) % 2**32) / 8 - (last_at - first_at) * 1000
+    assert -20 <= ahead_ms <= 60  # paid back in the quiet moments after each stall
+    assert all(0 < (b - a) % 2**32 < 2**31 for (_, a), (_, b) in zip(heard, heard[1:], strict=False))
+
+
+def test_the_flat_tone_of_a_key_is_never_dropped_to_catch_up():
+    """A leg ahead of the caller's timeline drops only quiet audio: a key's flat tone is heard."""
+    call = Call("c1")
+    call.add_supervisor("watcher", MONITOR)
+    call.session_open = True
+    call.leg("watcher").out_position = 16000  # 2 s ahead of anything the caller sent
+    watcher = []
+    for at, data in caller_packets("5")[0]:
+        received = call.receive(call.caller, data, at)
+        watcher += [ulaw_decode(packet.payload) for packet in packets_to("watcher", received)]
+    loud = [chunk for chunk in watcher if np.abs(chunk).max() > 1000]
+    assert len(loud) * 160 >= 0.8 * 8000 * 0.1  # the flat tone of a key of at least 100 ms
+
+
 def test_an_agent_key_whose_first_event_comes_late_does_not_shift_the_agents_audio():
     call = Call("c1")
     to_caller: list[tuple[float, RtpPacket]] = []
