@@ -11,14 +11,15 @@ import sys
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from securepay.calls import Call, CallState, EndReason
 from securepay.live import hub
 from securepay.models import BreakReason, PaymentSession
 from securepay.vault import generate_key, get_vault
-from tenants.models import PageTemplate
+from tests.live.conftest import open_session
 from tests.media_service.conftest import ROOT, database_url, wait_until
-from tests.support import require_tcp
+from tests.support import missing, require_tcp
 
 
 @pytest.fixture(autouse=True)
@@ -34,11 +35,6 @@ def _demo_profile(settings, monkeypatch, transactional_db):
     monkeypatch.setattr(hub, "_listener", None)
     yield
     get_vault.cache_clear()
-
-
-def open_session(world) -> PaymentSession:
-    template = PageTemplate.objects.get(tenant=world.tenant, slug="default")
-    return PaymentSession.open_for(tenant=world.tenant, template=template, actor="user:test")
 
 
 def web_worker_call(world) -> Call:
@@ -89,6 +85,8 @@ def test_hangup_ends_the_call_and_unsecures_the_session_as_the_api_does(alpha):
 def test_a_stopped_command_hangs_up_its_call(alpha, vault_key):
     """SIGTERM (kill, systemd, docker stop) mid-call: the call is hung up, the session not left secured."""
     require_tcp("127.0.0.1", 6379, "Redis")
+    if connection.vendor != "postgresql":  # the command is another process: it cannot see in-memory SQLite
+        missing("simulate_call as a process needs PostgreSQL (DATABASE_URL), as in CI")
     session = open_session(alpha)
     env = {**os.environ, "MEDIA_WORKER_MODE": "inprocess", "VAULT_KEY": vault_key, "DATABASE_URL": database_url()}
     command = [sys.executable, "manage.py", "simulate_call", "--code", session.code, "--keys", "4" * 64]
