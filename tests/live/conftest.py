@@ -27,9 +27,10 @@ def _live_settings(settings, monkeypatch):
     get_vault.cache_clear()
 
 
-def open_session(world, **fields) -> PaymentSession:
+def open_session(world, actor: str = AGENT_ACTOR, **fields) -> PaymentSession:
+    """A new session on the tenant's default page, opened by `actor` (an agent by default)."""
     template = PageTemplate.objects.get(tenant=world.tenant, slug="default")
-    return PaymentSession.open_for(tenant=world.tenant, template=template, actor=AGENT_ACTOR, **fields)
+    return PaymentSession.open_for(tenant=world.tenant, template=template, actor=actor, **fields)
 
 
 def session_in_card_entry(world, amount_minor: int = 1250, **fields) -> PaymentSession:

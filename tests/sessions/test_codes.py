@@ -8,12 +8,7 @@ from unittest import mock
 from django.utils import timezone
 
 from securepay.models import CODE_COOLING_PERIOD, PaymentSession
-from tenants.models import PageTemplate
-
-
-def open_session(world) -> PaymentSession:
-    template = PageTemplate.objects.get(tenant=world.tenant, slug="default")
-    return PaymentSession.open_for(tenant=world.tenant, template=template, actor="api:test")
+from tests.live.conftest import open_session
 
 
 def drawing(*numbers: int):

@@ -13,7 +13,7 @@ from securepay.models import (
     SessionEvent,
     Status,
 )
-from tenants.models import PageTemplate
+from tests.live.conftest import AGENT_ACTOR, open_session
 
 ACTOR = "user:alpha-agent"
 
@@ -31,11 +31,6 @@ LEGAL = [(before, after) for before, targets in TRANSITIONS.items() for after in
 ILLEGAL = [(before, after) for before in Status.values for after in MOVES if after not in TRANSITIONS[before]]
 
 
-def open_session(world) -> PaymentSession:
-    template = PageTemplate.objects.get(tenant=world.tenant, slug="default")
-    return PaymentSession.open_for(tenant=world.tenant, template=template, actor="api:test")
-
-
 def session_in(world, status: str) -> PaymentSession:
     session = open_session(world)
     PaymentSession.objects.filter(pk=session.pk).update(status=status)
@@ -49,7 +44,7 @@ def test_a_new_session_is_created_unsecured_with_a_created_event(alpha):
         Status.CREATED, SecureState.UNSECURED, BreakReason.NOT_LINKED,
     )
     event = SessionEvent.objects.get(session=session)
-    assert (event.actor, event.kind, event.from_state, event.to_state) == ("api:test", "created", "", Status.CREATED)
+    assert (event.actor, event.kind, event.from_state, event.to_state) == (AGENT_ACTOR, "created", "", Status.CREATED)
 
 
 @pytest.mark.parametrize(("before", "after"), LEGAL)
