@@ -106,6 +106,12 @@ MIX_STANDALONE_S = 0.1  # more than network jitter between the two streams
 # While the main stream flows, secondary audio waits for it at most this much; older is
 # dropped, so a secondary clock running fast adds neither packets nor delay.
 MIX_WAIT_SAMPLES = 480
+# A relayed stream's shift (see Call._forward) changes only this long after its last
+# telephone-event packet (an event's end is sent three times, 50 ms apart at most).
+EVENT_QUIET_S = 0.2
+# A leg's stream found this much behind real time lost time at its source (a long pause,
+# a new stream), not to network jitter: its real time is moved to it (OutboundStream.lead).
+REAL_TIME_SLACK_SAMPLES = 480  # 60 ms
 # Audio below this mean power (dBm0; 0 dBm0 is a sine of peak 22747) is quiet: a leg that
 # runs ahead of the caller's timeline may drop it to get back to real time.
 QUIET_DBM0 = -50.0
@@ -129,11 +135,16 @@ class OutboundStream:
         self.last_timestamp = self.timestamp_base
         self.last_sent_at: float | None = None  # monotonic s
         self.last_report = 0.0
+        # (monotonic s, position) the stream is on real time from: its first packet, moved up
+        # whenever the stream is found behind real time (see `lead`).
+        self.clock_anchor: tuple[float, int] | None = None
 
     def packet(self, payload_type: int, position: int, payload: bytes, marker: bool, now: float | None) -> bytes:
         """`position` is the media time in samples on this stream's own timeline."""
         self.last_timestamp = (self.timestamp_base + position) & 0xFFFFFFFF
         self.last_sent_at = now
+        if not self.packets and now is not None:
+            self.clock_anchor = (now, position)
         # The plain header (no CSRC, extension or padding), packed directly: this runs for every packet.
         second = payload_type | (0x80 if marker or not self.packets else 0)
         data = RTP_HEADER.pack(0x80, second, self.sequence, self.last_timestamp, self.ssrc) + payload
@@ -141,6 +152,20 @@ class OutboundStream:
         self.packets += 1
         self.octets += len(payload)
         return data
+
+
+    def lead(self, position: int, now: float) -> int:
+        """How far audio sent now at `position` would be ahead of real time, in samples
+        (0: not ahead). A stream found behind real time by more than network jitter
+        (REAL_TIME_SLACK_SAMPLES: its source's timeline lost time - a long pause, a new
+        stream, a late start) is on time from here: a leg is never made to fall behind it."""
+        if self.clock_anchor is None:
+            return 0
+        since, origin = self.clock_anchor
+        ahead = position - origin - round((now - since) * SAMPLE_RATE)
+        if ahead < -REAL_TIME_SLACK_SAMPLES:
+            self.clock_anchor = (since, origin + ahead + REAL_TIME_SLACK_SAMPLES)
+        return max(0, ahead)
 
 
 class MixQueue:
@@ -268,6 +293,7 @@ class Leg:
         self.out_position = 0  # samples sent on the outbound stream
         self.forward_offset = 0  # added to a relayed stream's positions (see Call._forward)
         self.forwarded_until = 0  # where the relayed stream's last audio ended (after the offset)
+        self.event_forwarded_at: float | None = None  # a relayed telephone-event's last packet
         # When it last got its main stream (the caller's audio, or events of a key press whose
         # tone is still to come; the agent's audio for the caller's leg).
         self.main_sent_at: float | None = None
@@ -774,10 +800,10 @@ class Call:
         alone), with this leg's secondary audio mixed in, to one leg. Never before what the leg
         already heard: after audio sent alone (the caller was silent, or its packets late) it
         follows on, until the caller's timeline passes it again: no time counts twice. While the
-        leg is ahead so, caller audio is dropped if it is quiet with nothing mixed in (the lead
-        is paid back in the caller's quiet moments, a noisy line included, not only at its next
-        pause) or `late` (speech held back when the caller's stream paused, out of its place by
-        now). A key's flat tone is never quiet: it is always heard."""
+        leg is ahead so, caller audio is dropped if `late` (speech held back when the caller's
+        stream paused, out of its place by now), or if what the leg would hear is quiet while
+        its stream is ahead of real time: the lead is paid back in the caller's quiet moments, a
+        noisy line included, not only at its next pause. A key's flat tone is never quiet."""
         keep = None if position is None else MIX_WAIT_SAMPLES  # on the main stream: it flows, no backlog
         other = leg.mix_in.take(pcm.size, keep) if leg.mix_in.queued else None
         heard = mix(pcm, other)
@@ -785,7 +811,7 @@ class Call:
             payload = self.codec.encode(heard).tobytes()
         if position is not None:
             leg.main_sent_at = self.last_activity
-            if position < leg.out_position and (late or is_quiet(heard)):
+            if position < leg.out_position and (late or self._skippable(leg, heard)):
                 return
         if position is None or position < leg.out_position:
             position = leg.out_position
@@ -799,21 +825,45 @@ class Call:
         """Relay a packet with our own SSRC/sequence; timestamps keep the sender's
         spacing. Audio (`samples` > 0), and a new telephone-event, never start before
         what the leg already heard: after audio we sent on our own (a barging
-        supervisor while the agent was silent) the sender's timestamps are shifted past it."""
+        supervisor while the agent was silent, or the agent's packets late) the sender's
+        timestamps are shifted past it. The shift is paid back, outside key presses, at the
+        sender's next pause and by skipping its quiet audio, so the lead does not add up."""
         position += leg.forward_offset
         if samples:
             leg.main_sent_at = self.last_activity
             if position < leg.out_position:
                 leg.forward_offset += leg.out_position - position
                 position = leg.out_position
+            elif leg.forward_offset and self._may_shift(leg):
+                if position > leg.out_position:  # the sender paused: part of the pause is the lead
+                    lead = leg.outbound.lead(position, self.last_activity)
+                    repaid = min(leg.forward_offset, position - leg.out_position, lead)
+                    leg.forward_offset -= repaid
+                    position -= repaid
+                if leg.forward_offset >= samples and self._skippable(leg, self.codec.decode(payload)):
+                    leg.forward_offset -= samples
+                    return
             leg.out_position = leg.forwarded_until = position + samples
-        elif packet.marker and leg.forwarded_until < leg.out_position and position < leg.out_position:
-            # A new telephone-event behind audio we sent on our own since this sender's last
-            # audio (it was silent): it starts now, and the rest of its press with it.
-            leg.forward_offset += leg.out_position - position
-            position = leg.out_position
+        else:
+            leg.event_forwarded_at = self.last_activity
+            if packet.marker and leg.forwarded_until < leg.out_position and position < leg.out_position:
+                # A new telephone-event behind audio we sent on our own since this sender's last
+                # audio (it was silent): it starts now, and the rest of its press with it.
+                leg.forward_offset += leg.out_position - position
+                position = leg.out_position
         data = leg.outbound.packet(packet.payload_type, position, payload, packet.marker, self.last_activity)
         out.datagrams.append((leg, data))
+
+    def _skippable(self, leg: Leg, heard: np.ndarray) -> bool:
+        """Audio the leg may miss to get back to real time: quiet, while its stream is ahead
+        of real time (not merely of a source whose timeline lost time)."""
+        return is_quiet(heard) and leg.outbound.lead(leg.out_position, self.last_activity) > 0
+
+    def _may_shift(self, leg: Leg) -> bool:
+        """No telephone-event relayed to the leg lately: its packets all carry the timestamp
+        of its start, so the shift must not change in the middle of one."""
+        last_event = leg.event_forwarded_at
+        return last_event is None or self.last_activity - last_event > EVENT_QUIET_S
 
     def sender_reports(self, now: float, wall_time: float) -> list[tuple[Leg, bytes]]:
         """RTCP reports every RTCP_INTERVAL_S to each leg (RFC 5761 muxed): an SR for

@@ -357,6 +357,33 @@ def test_stalls_of_a_callers_stream_do_not_push_the_supervisors_stream_ever_furt
     assert all(0 < (b - a) % 2**32 < 2**31 for (_, a), (_, b) in zip(heard, heard[1:], strict=False))
 
 
+@pytest.mark.parametrize("caller", ["pause_of_2_s", "starts_3_s_late"])
+def test_a_leg_ahead_of_a_callers_timeline_that_lost_time_does_not_fall_behind_real_time(caller):
+    """The caller's timeline can lose time (a pause of its phone beyond the gap it fills
+    restarts it; a caller whose stream starts after the agent's): a monitoring supervisor who
+    heard the agent alone meanwhile is on real time, not ahead, so the caller's quiet audio
+    after it is not skipped."""
+    call = Call("c1")
+    call.add_supervisor("watcher", MONITOR)
+    rng = np.random.default_rng(8)
+    heard: list[tuple[float, int]] = []
+    events = []
+    for index in range(500):  # 10 s; the agent speaks while the caller's phone sends nothing
+        at = index * 0.02
+        silent = 2 <= at < 4 if caller == "pause_of_2_s" else at < 3
+        agent = voice(1) if silent else rng.normal(0, 25, 160).astype(np.int16)  # else a quiet line
+        events.append((at, call.agent, RtpPacket(0, index, 160 * index, 9, ulaw_encode(agent).tobytes()).build()))
+        if not silent:  # the caller's line: a little noise (about -56 dBm0)
+            noise = ulaw_encode(rng.normal(0, 25, 160).astype(np.int16)).tobytes()
+            events.append((at + 0.001, call.caller, RtpPacket(0, index, 5000 + 160 * index, 8, noise).build()))
+    for at, leg, data in sorted(events, key=lambda event: event[0]):
+        heard += [(at, packet.timestamp) for packet in packets_to("watcher", call.receive(leg, data, at))]
+    (first_at, first), (last_at, last) = heard[0], heard[-1]
+    ahead_ms = ((last - first) % 2**32) / 8 - (last_at - first_at) * 1000
+    assert -60 <= ahead_ms <= 60
+    assert len(heard) >= 495  # a packet per 20 ms: nothing skipped
+
+
 def test_the_flat_tone_of_a_key_is_never_dropped_to_catch_up():
     """A leg ahead of the caller's timeline drops only quiet audio: a key's flat tone is heard."""
     call = Call("c1")
@@ -415,3 +442,72 @@ def test_a_key_sent_as_events_only_sounds_as_long_for_a_monitoring_supervisor_as
         sequence += 1
     tone_ms = {name: np.count_nonzero(np.abs(np.concatenate(chunks)) > 50) / 8 for name, chunks in heard.items()}
     assert tone_ms["agent"] >= 140 and tone_ms["watcher"] == tone_ms["agent"]  # was 24 ms for the supervisor
+
+
+@pytest.mark.parametrize("line", ["noise", "pauses"])
+def test_stalls_of_the_agents_stream_do_not_push_the_callers_stream_ever_further_ahead(line):
+    """The caller hears a barging supervisor alone while the agent's packets are late (a jitter
+    spike of 160 ms, four times, while she says a few words): the agent's late packets follow on
+    after that. The lead is paid back once she is silent - in the agent's quiet moments on a
+    line with a little noise, at its next pause on a phone that suppresses silence (the agent
+    speaks in bursts) - so it does not add up."""
+    call = Call("c1")
+    boss = call.add_supervisor("boss", BARGE)
+    rng = np.random.default_rng(6)
+    stalls = (1, 3, 5, 7)
+    heard: list[tuple[float, int]] = []
+    events = []
+    for index in range(500):  # 10 s
+        at = index * 0.02
+        if any(start - 0.1 <= at < start + 0.3 for start in stalls):  # she speaks around each stall
+            events.append((at, boss, RtpPacket(0, index, 160 * index, 5, ulaw_encode(voice(1)).tobytes()).build()))
+        if line == "noise":
+            audio = rng.normal(0, 25, 160).astype(np.int16)  # about -56 dBm0
+        elif any(start - 0.5 <= at < start + 0.5 for start in (*stalls, 9)):
+            audio = voice(1, step=0.07)
+        else:
+            continue  # its phone sends nothing: a pause
+        stalled_until = next((start + 0.16 for start in stalls if start <= at < start + 0.16), at)
+        data = RtpPacket(0, index, 160 * index, 9, ulaw_encode(audio).tobytes()).build()
+        events.append((stalled_until + 0.001, call.agent, data))
+    for at, leg, data in sorted(events, key=lambda event: event[0]):
+        heard += [(at, p.timestamp) for p in packets_to("caller", call.receive(leg, data, at)) if p.payload_type == 0]
+    (first_at, first), (last_at, last) = heard[0], heard[-1]
+    ahead_ms = ((last - first) % 2**32) / 8 - (last_at - first_at) * 1000
+    assert -20 <= ahead_ms <= 60
+    assert all(0 < (b - a) % 2**32 < 2**31 for (_, a), (_, b) in zip(heard, heard[1:], strict=False))
+
+
+def test_paying_back_the_callers_lead_never_splits_an_agents_key_press():
+    """While the caller's stream is ahead (the agent's words came late while a barging
+    supervisor spoke alone), the agent's quiet audio is skipped - but not while the agent's
+    phone sends a key's telephone-events: they all keep the one timestamp of the press."""
+    call = Call("c1")
+    boss = call.add_supervisor("boss", BARGE)
+    rng = np.random.default_rng(7)
+    to_caller: list[RtpPacket] = []
+    events = []
+    words = ulaw_encode(voice(1)).tobytes()
+    for index in range(20):  # she speaks from 0 to 0.4 s
+        events.append((index * 0.02, boss, RtpPacket(0, index, 160 * index, 5, words).build()))
+    sequence = 0
+    for index in range(60):  # the agent speaks until 0.38 s (those packets arrive at 0.38 s), then is quiet
+        at = index * 0.02
+        audio = voice(1) if index < 20 else rng.normal(0, 25, 160).astype(np.int16)
+        data = RtpPacket(0, sequence, 160 * index, 9, ulaw_encode(audio).tobytes()).build()
+        events.append((max(at, 0.38) + 0.001, call.agent, data))
+        sequence += 1
+        if 21 <= index < 31:  # a key from 0.42 s: events every 20 ms, the end sent three times
+            end = index == 30
+            for _ in range(3 if end else 1):
+                event = build_event("5", 160 * (index - 20), end=end)
+                data = RtpPacket(101, sequence, 160 * 21, 9, event, marker=index == 21).build()
+                events.append((at + 0.002, call.agent, data))
+                sequence += 1
+    for at, leg, data in sorted(events, key=lambda event: event[0]):
+        to_caller += packets_to("caller", call.receive(leg, data, at))
+    press = [packet for packet in to_caller if packet.payload_type == 101]
+    assert len(press) == 12 and len({packet.timestamp for packet in press}) == 1
+    audio = [packet.timestamp for packet in to_caller if packet.payload_type == 0]
+    assert len(audio) < 60 + 10  # some of the agent's quiet audio was skipped to pay the lead back
+    assert all(0 < (b - a) % 2**32 < 2**31 for a, b in zip(audio, audio[1:], strict=False))
