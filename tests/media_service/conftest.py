@@ -33,6 +33,7 @@ from media.service import worker_group
 from securepay.calls import Call, CallState, MediaWorkerBeat, tell_worker
 from securepay.models import PaymentSession
 from securepay.vault import generate_key, get_vault
+from tests.live.conftest import session_in_card_entry
 from tests.support import missing, require_tcp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -303,11 +304,7 @@ def listen(listener_loop, media_worker):
 @pytest.fixture
 def session(alpha) -> PaymentSession:
     """An open session of tenant alpha in card entry, with an amount."""
-    template = alpha.tenant.page_templates.get(slug="default")
-    session = PaymentSession.open_for(tenant=alpha.tenant, template=template, actor="test")
-    session.open_details("test")
-    session.start_card_entry("test", details={"first_name": "Ada"}, amount_minor=1250)
-    return session
+    return session_in_card_entry(alpha)
 
 
 def pytest_collection_modifyitems(items) -> None:

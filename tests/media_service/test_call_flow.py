@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import io
 
 import pytest
+from django.core.management import call_command
 from django.test import Client
 
 from media.phones import Phones
 from media.rtp import is_rtcp
 from media.softphone import caller_packets, silence_packets
-from securepay.calls import Call, CallState
+from securepay.calls import Call, CallState, EndReason
 from securepay.live import session_group
-from securepay.models import PaymentSession
+from securepay.models import BreakReason, PaymentSession
 from tests.media.signals import FLAT_TONE_HZ, assert_no_digit_heard, band_share
 from tests.media_service.conftest import OPEN_PHONES, wait_until
 from tests.support import udp_port_bound
@@ -118,6 +120,21 @@ def test_simulated_call_fills_stars_and_agent_hears_no_digit(media_worker, alpha
     agent_audio = phones.audio("agent")
     assert_no_digit_heard(agent_audio, caller_audio, CARD_KEYS)
     assert band_share(agent_audio, FLAT_TONE_HZ) > 0.5, "the agent hears a flat tone for each key"
+
+
+def test_simulate_call_with_hangup_has_ended_the_call_and_unsecured_the_session_when_it_returns(
+    media_worker, alpha, session
+):
+    """Against a running worker (external mode), as the control API's hangup does: not a
+    message the worker may handle later, or never if it is gone."""
+    output = io.StringIO()
+    call_command("simulate_call", "--code", session.code, "--keys", "12", "--hangup", stdout=output)
+    assert "sent 2 keys" in output.getvalue()
+    call = Call.objects.get(reference="simulate_call")
+    assert call.worker_id == media_worker.worker_id
+    assert call.state == CallState.ENDED and call.end_reason == EndReason.HANGUP
+    session.refresh_from_db()
+    assert not session.is_secured and session.break_reason == BreakReason.HANGUP
 
 
 @pytest.mark.slow

@@ -71,17 +71,6 @@ def test_links_the_call_through_its_own_worker_and_leaves_the_web_workers_calls_
     assert other.session.is_secured
 
 
-def test_hangup_ends_the_call_and_unsecures_the_session_as_the_api_does(alpha):
-    session = open_session(alpha)
-
-    simulate(session, "--hangup")
-
-    call = Call.objects.get(reference="simulate_call")
-    assert call.state == CallState.ENDED and call.end_reason == EndReason.HANGUP
-    session.refresh_from_db()
-    assert not session.is_secured and session.break_reason == BreakReason.HANGUP
-
-
 def test_a_stopped_command_hangs_up_its_call(alpha, vault_key):
     """SIGTERM (kill, systemd, docker stop) mid-call: the call is hung up, the session not left secured."""
     require_tcp("127.0.0.1", 6379, "Redis")
