@@ -76,9 +76,6 @@ class Call(models.Model):
     agent_address = models.CharField(max_length=64, blank=True)
     # {name: {"mode": "monitor"|"barge", "port": int}}
     supervisors = models.JSONField(default=dict, blank=True)
-    # {name: session id} of barging supervisors whose leg was removed while that session was
-    # open: coming back, they still hear nothing of the caller until it closes (DESIGN).
-    barged_away = models.JSONField(default=dict, blank=True)
     session = models.ForeignKey(PaymentSession, null=True, blank=True, on_delete=models.SET_NULL, related_name="calls")
     state = models.CharField(max_length=8, choices=CallState.choices, default=CallState.LIVE)
     end_reason = models.CharField(max_length=16, choices=EndReason.choices, blank=True)
@@ -114,11 +111,14 @@ class Call(models.Model):
             return
         if event not in SUPERVISOR_EVENTS or supervisor not in self.supervisors:
             supervisor = None
-        if supervisor is not None and event == "barge" and self.supervisors[supervisor]["mode"] != BARGE:
-            self.supervisors[supervisor]["mode"] = BARGE
-            self.save(update_fields=["supervisors"])
+        if supervisor is not None and event == "barge":
+            if self.supervisors[supervisor]["mode"] != BARGE:
+                self.supervisors[supervisor]["mode"] = BARGE
+                self.save(update_fields=["supervisors"])
+            self._note_barging(supervisor)
         elif supervisor is not None and event == "monitor_stop":
-            self._drop_supervisor(supervisor)
+            del self.supervisors[supervisor]
+            self.save(update_fields=["supervisors"])
         tell_worker(self, {"type": "call.event", "event": event, "supervisor": supervisor})
 
     def put_supervisor(self, name: str, mode: str, address: str) -> tuple[dict, bool]:
@@ -130,7 +130,7 @@ class Call(models.Model):
         entry = self.supervisors.get(name)
         if entry is not None and address and address != entry["address"]:
             raise SupervisorConflict("supervisor_exists", f"Supervisor {name} is on this call from another address.")
-        if mode == MONITOR and self._barged_while_open(name, entry):
+        if mode == MONITOR and self._barged_in_open_session(name, entry):
             raise SupervisorConflict(
                 "barged_during_session",
                 "A supervisor who barged in hears nothing from the caller while the session is open.",
@@ -143,6 +143,8 @@ class Call(models.Model):
             entry["mode"] = mode
             self.supervisors[name] = entry
             self.save(update_fields=["supervisors"])
+        if mode == BARGE:
+            self._note_barging(name)
         tell_worker(self, {"type": "call.supervisor", "name": name, "mode": mode})
         return entry, created
 
@@ -150,24 +152,25 @@ class Call(models.Model):
         """False when there is no such leg."""
         if name not in self.supervisors:
             return False
-        self._drop_supervisor(name)
+        del self.supervisors[name]
+        self.save(update_fields=["supervisors"])
         tell_worker(self, {"type": "call.supervisor", "name": name, "mode": None})
         return True
 
     def _session_is_open(self) -> bool:
         return self.session_id is not None and self.session.is_open
 
-    def _barged_while_open(self, name: str, entry: dict | None) -> bool:
-        """The supervisor barges, or barged and left, while the call's session is open."""
+    def _barged_in_open_session(self, name: str, entry: dict | None) -> bool:
+        """The supervisor barges, or barged into any call of it, while the call's session is open."""
         if not self._session_is_open():
             return False
-        return (entry is not None and entry["mode"] == BARGE) or self.barged_away.get(name) == str(self.session_id)
+        if entry is not None and entry["mode"] == BARGE:
+            return True
+        return SessionBarge.objects.filter(session_id=self.session_id, supervisor=name).exists()
 
-    def _drop_supervisor(self, name: str) -> None:
-        entry = self.supervisors.pop(name)
-        if entry["mode"] == BARGE and self._session_is_open():
-            self.barged_away[name] = str(self.session_id)
-        self.save(update_fields=["supervisors", "barged_away"])
+    def _note_barging(self, name: str) -> None:
+        if self._session_is_open():
+            SessionBarge.note(self.session_id, [name])
 
     def hang_up(self, actor: str) -> None:
         """The integration reports the call over: it ends now - a
@@ -217,11 +220,33 @@ class Call(models.Model):
             Call.objects.filter(pk__in=[other.pk for other in others]).update(session=None)
             Call.objects.filter(pk=self.pk).update(session_id=session_id)
             self.session_id = session_id
+            SessionBarge.note(session_id, [name for name, entry in mine.supervisors.items() if entry["mode"] == BARGE])
             for other in others:
                 # Also on this call's own worker: its call.link may never be handled (this call
                 # hung up, or failed to bind, first), and the other call must lose the session anyway.
                 tell_worker(other, {"type": "call.unlink", "session": str(session_id)})
         return others
+
+
+class SessionBarge(models.Model):
+    """A supervisor (by leg name) who barged into a call of the session while it was open,
+    on whichever call: DESIGN - they hear nothing from the caller while it is open - so they
+    cannot come back as a monitoring supervisor, on that call or another one of the session."""
+
+    # No database constraint: noting a barge must not wait on the session row's lock (a link
+    # holds it while it locks the call rows; a barge holds its call row).
+    session = models.ForeignKey(PaymentSession, on_delete=models.CASCADE, db_constraint=False, related_name="+")
+    supervisor = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["session", "supervisor"], name="one_barge_per_supervisor")]
+
+    def __str__(self) -> str:
+        return f"{self.supervisor} barged into session {self.session_id}"
+
+    @classmethod
+    def note(cls, session_id, names: list[str]) -> None:
+        cls.objects.bulk_create([cls(session_id=session_id, supervisor=name) for name in names], ignore_conflicts=True)
 
 
 def held_by_no_live_call(session: PaymentSession) -> bool:

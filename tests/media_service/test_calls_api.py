@@ -408,6 +408,34 @@ def test_a_supervisor_who_barged_and_left_cannot_come_back_to_monitor_while_the_
     assert back.status_code == 201 and back.json()["mode"] == "monitor"
 
 
+@pytest.mark.parametrize("first_call", ["moved", "hung_up"])
+def test_a_supervisor_who_barged_cannot_monitor_another_call_of_the_open_session(alpha, first_call):
+    """The session goes to another call (the caller rang back, a transfer): she barged during
+    it on the first call, so she does not monitor the new one while it is open either."""
+    _first_id, first = call_with_sue(alpha)
+    session = session_in_card_entry(alpha)
+    assert api(alpha, "post", first + "link/", {"code": session.code}).status_code == 200
+    assert api(alpha, "post", first + "events/", {"event": "barge", "supervisor": "sue"}).status_code == 202
+    if first_call == "hung_up":
+        assert api(alpha, "post", first + "events/", {"event": "hangup"}).status_code == 202
+    second = f"/api/v1/calls/{api(alpha, 'post', '/api/v1/calls/').json()['id']}/"
+    assert api(alpha, "post", second + "link/", {"code": session.code}).status_code == 200
+    refused = api(alpha, "post", second + "supervisors/", {"name": "sue", "mode": "monitor"})
+    assert refused.status_code == 409 and refused.json()["code"] == "barged_during_session"
+    assert api(alpha, "post", second + "supervisors/", {"name": "tom", "mode": "monitor"}).status_code == 201
+
+
+def test_a_supervisor_barging_before_the_session_barges_during_it_once_linked(alpha):
+    call_id, base = call_with_sue(alpha)
+    assert api(alpha, "post", base + "supervisors/", {"name": "sue", "mode": "barge"}).status_code == 200
+    session = session_in_card_entry(alpha)
+    assert api(alpha, "post", base + "link/", {"code": session.code}).status_code == 200
+    assert api(alpha, "delete", base + "supervisors/sue/").status_code == 204
+    refused = api(alpha, "post", base + "supervisors/", {"name": "sue", "mode": "monitor"})
+    assert refused.status_code == 409 and refused.json()["code"] == "barged_during_session"
+    assert "sue" not in Call.objects.get(pk=call_id).supervisors
+
+
 def test_the_schema_documents_what_the_call_endpoints_answer():
     schema = Client().get(reverse("api-schema") + "?format=json").json()
     paths = schema["paths"]
