@@ -109,9 +109,10 @@ MIX_WAIT_SAMPLES = 480
 # A relayed stream's shift (see Call._forward) changes only this long after its last
 # telephone-event packet (an event's end is sent three times, 50 ms apart at most).
 EVENT_QUIET_S = 0.2
-# A leg's stream found this much behind real time lost time at its source (a long pause,
-# a new stream), not to network jitter: its real time is moved to it (OutboundStream.lead).
+# A leg's stream behind real time by more than this (network jitter) for CLOCK_RESYNC_S lost
+# that time at its source (a long pause, a new stream): its real time is moved to it.
 REAL_TIME_SLACK_SAMPLES = 480  # 60 ms
+CLOCK_RESYNC_S = 1.0  # longer than a late burst takes to catch up
 # Audio below this mean power (dBm0; 0 dBm0 is a sine of peak 22747) is quiet: a leg that
 # runs ahead of the caller's timeline may drop it to get back to real time.
 QUIET_DBM0 = -50.0
@@ -135,16 +136,26 @@ class OutboundStream:
         self.last_timestamp = self.timestamp_base
         self.last_sent_at: float | None = None  # monotonic s
         self.last_report = 0.0
-        # (monotonic s, position) the stream is on real time from: its first packet, moved up
-        # whenever the stream is found behind real time (see `lead`).
+        # (monotonic s, position) the stream is on real time from: its first packet, moved to a
+        # packet once the stream has been behind it for CLOCK_RESYNC_S (see `lead`).
         self.clock_anchor: tuple[float, int] | None = None
+        self.behind_since: float | None = None
 
     def packet(self, payload_type: int, position: int, payload: bytes, marker: bool, now: float | None) -> bytes:
         """`position` is the media time in samples on this stream's own timeline."""
         self.last_timestamp = (self.timestamp_base + position) & 0xFFFFFFFF
         self.last_sent_at = now
-        if not self.packets and now is not None:
-            self.clock_anchor = (now, position)
+        if now is not None:
+            anchor = self.clock_anchor
+            if anchor is None:
+                self.clock_anchor = (now, position)
+            elif position - anchor[1] - (now - anchor[0]) * SAMPLE_RATE >= -REAL_TIME_SLACK_SAMPLES:
+                self.behind_since = None
+            elif self.behind_since is None:
+                self.behind_since = now
+            elif now - self.behind_since >= CLOCK_RESYNC_S:
+                # Behind all along, not for a late burst that caught up: its source lost that time.
+                self.clock_anchor, self.behind_since = (now, position), None
         # The plain header (no CSRC, extension or padding), packed directly: this runs for every packet.
         second = payload_type | (0x80 if marker or not self.packets else 0)
         data = RTP_HEADER.pack(0x80, second, self.sequence, self.last_timestamp, self.ssrc) + payload
@@ -154,18 +165,16 @@ class OutboundStream:
         return data
 
 
-    def lead(self, position: int, now: float) -> int:
-        """How far audio sent now at `position` would be ahead of real time, in samples
-        (0: not ahead). A stream found behind real time by more than network jitter
-        (REAL_TIME_SLACK_SAMPLES: its source's timeline lost time - a long pause, a new
-        stream, a late start) is on time from here: a leg is never made to fall behind it."""
-        if self.clock_anchor is None:
+    def lead(self, position: int, now: float | None) -> int:
+        """How far audio sent now at `position` would be ahead of real time, in samples (0:
+        not ahead). Real time is the clock anchor's: a stream that stayed behind it for
+        CLOCK_RESYNC_S lost that time at its source (a long pause, a new stream, a late start)
+        and is on time from then on, so a leg is never made to fall behind real time; a late
+        burst that catches up (network jitter, a stall) moves nothing."""
+        if self.clock_anchor is None or now is None:
             return 0
         since, origin = self.clock_anchor
-        ahead = position - origin - round((now - since) * SAMPLE_RATE)
-        if ahead < -REAL_TIME_SLACK_SAMPLES:
-            self.clock_anchor = (since, origin + ahead + REAL_TIME_SLACK_SAMPLES)
-        return max(0, ahead)
+        return max(0, position - origin - round((now - since) * SAMPLE_RATE))
 
 
 class MixQueue:
@@ -294,6 +303,8 @@ class Leg:
         self.forward_offset = 0  # added to a relayed stream's positions (see Call._forward)
         self.forwarded_until = 0  # where the relayed stream's last audio ended (after the offset)
         self.event_forwarded_at: float | None = None  # a relayed telephone-event's last packet
+        self.event_until = 0  # where the relayed telephone-events heard so far end (after the offset)
+        self.marker_pending = False  # a talkspurt's first packet was skipped: the next one says so
         # When it last got its main stream (the caller's audio, or events of a key press whose
         # tone is still to come; the agent's audio for the caller's leg).
         self.main_sent_at: float | None = None
@@ -812,9 +823,12 @@ class Call:
         if position is not None:
             leg.main_sent_at = self.last_activity
             if position < leg.out_position and (late or self._skippable(leg, heard)):
+                leg.marker_pending = leg.marker_pending or marker
                 return
         if position is None or position < leg.out_position:
             position = leg.out_position
+        if leg.marker_pending:
+            marker, leg.marker_pending = True, False
         packet = leg.outbound.packet(self.codec.payload_type, position, payload, marker, self.last_activity)
         out.datagrams.append((leg, packet))
         leg.out_position = position + pcm.size
@@ -829,21 +843,26 @@ class Call:
         timestamps are shifted past it. The shift is paid back, outside key presses, at the
         sender's next pause and by skipping its quiet audio, so the lead does not add up."""
         position += leg.forward_offset
+        marker = packet.marker
         if samples:
             leg.main_sent_at = self.last_activity
             if position < leg.out_position:
                 leg.forward_offset += leg.out_position - position
                 position = leg.out_position
             elif leg.forward_offset and self._may_shift(leg):
-                if position > leg.out_position:  # the sender paused: part of the pause is the lead
+                heard_until = max(leg.out_position, leg.event_until)  # a key sent as events only included
+                if position > heard_until:  # the sender paused: part of the pause is the lead
                     lead = leg.outbound.lead(position, self.last_activity)
-                    repaid = min(leg.forward_offset, position - leg.out_position, lead)
+                    repaid = min(leg.forward_offset, position - heard_until, lead)
                     leg.forward_offset -= repaid
                     position -= repaid
-                if leg.forward_offset >= samples and self._skippable(leg, self.codec.decode(payload)):
+                if leg.forward_offset >= samples and position >= heard_until and self._skippable(leg, payload):
                     leg.forward_offset -= samples
+                    leg.marker_pending = leg.marker_pending or marker
                     return
             leg.out_position = leg.forwarded_until = position + samples
+            if leg.marker_pending:
+                marker, leg.marker_pending = True, False
         else:
             leg.event_forwarded_at = self.last_activity
             if packet.marker and leg.forwarded_until < leg.out_position and position < leg.out_position:
@@ -851,13 +870,18 @@ class Call:
                 # audio (it was silent): it starts now, and the rest of its press with it.
                 leg.forward_offset += leg.out_position - position
                 position = leg.out_position
-        data = leg.outbound.packet(packet.payload_type, position, payload, packet.marker, self.last_activity)
+            if len(payload) >= 4:  # RFC 4733: the duration so far, in samples, from the event's start
+                leg.event_until = max(leg.event_until, position + int.from_bytes(payload[2:4], "big"))
+        data = leg.outbound.packet(packet.payload_type, position, payload, marker, self.last_activity)
         out.datagrams.append((leg, data))
 
-    def _skippable(self, leg: Leg, heard: np.ndarray) -> bool:
-        """Audio the leg may miss to get back to real time: quiet, while its stream is ahead
-        of real time (not merely of a source whose timeline lost time)."""
-        return is_quiet(heard) and leg.outbound.lead(leg.out_position, self.last_activity) > 0
+    def _skippable(self, leg: Leg, heard: np.ndarray | bytes) -> bool:
+        """Audio (samples, or codes of the call's codec) the leg may miss to get back to real
+        time: quiet, while its stream is ahead of real time (not merely of a source whose
+        timeline lost time). The clock first: it is cheap, and nearly always says no."""
+        if leg.outbound.lead(leg.out_position, self.last_activity) <= 0:
+            return False
+        return is_quiet(self.codec.decode(heard) if isinstance(heard, bytes) else heard)
 
     def _may_shift(self, leg: Leg) -> bool:
         """No telephone-event relayed to the leg lately: its packets all carry the timestamp

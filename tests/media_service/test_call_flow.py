@@ -14,7 +14,7 @@ from media.rtp import is_rtcp
 from media.softphone import caller_packets, silence_packets
 from securepay.calls import Call, CallState, EndReason
 from securepay.live import session_group
-from securepay.models import BreakReason, PaymentSession
+from securepay.models import BreakReason, PaymentSession, SecureState
 from tests.media.signals import FLAT_TONE_HZ, assert_no_digit_heard, band_share
 from tests.media_service.conftest import OPEN_PHONES, wait_until
 from tests.support import udp_port_bound
@@ -135,6 +135,9 @@ def test_simulate_call_with_hangup_has_ended_the_call_and_unsecured_the_session_
     assert call.state == CallState.ENDED and call.end_reason == EndReason.HANGUP
     session.refresh_from_db()
     assert not session.is_secured and session.break_reason == BreakReason.HANGUP
+    # Recorded by the command itself, before its message could reach the worker.
+    unsecured = session.events.filter(kind="secure", to_state=SecureState.UNSECURED).last()
+    assert unsecured.actor == "simulate_call"
 
 
 @pytest.mark.slow

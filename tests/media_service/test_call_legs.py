@@ -384,6 +384,73 @@ def test_a_leg_ahead_of_a_callers_timeline_that_lost_time_does_not_fall_behind_r
     assert len(heard) >= 495  # a packet per 20 ms: nothing skipped
 
 
+def test_late_bursts_of_the_caller_do_not_move_a_legs_real_time():
+    """A supervisor on real time but behind the caller's timeline (the caller's stream started
+    3 s late) hears four 400 ms stalls of the caller, each caught up by a burst: the bursts are
+    heard whole; real time does not move to the late packets (nothing to catch up after)."""
+    call = Call("c1")
+    call.add_supervisor("watcher", MONITOR)
+    rng = np.random.default_rng(8)
+    events, heard = [], []
+    for index in range(500):
+        at = index * 0.02
+        if at < 3:  # the agent speaks; the caller's stream has not started
+            speech = ulaw_encode(voice(1)).tobytes()
+            events.append((at, call.agent, RtpPacket(0, index, 160 * index, 9, speech).build()))
+            continue
+        arrive = next((start + 0.4 for start in (5, 6, 7, 8) if start <= at < start + 0.4), at)
+        noise = ulaw_encode(rng.normal(0, 25, 160).astype(np.int16)).tobytes()
+        events.append((arrive + 0.001, call.caller, RtpPacket(0, index, 5000 + 160 * index, 8, noise).build()))
+    for at, leg, data in sorted(events, key=lambda event: event[0]):
+        heard += [(at, packet.timestamp) for packet in packets_to("watcher", call.receive(leg, data, at))]
+    (first_at, first), (last_at, last) = heard[0], heard[-1]
+    assert len(heard) == 500
+    assert abs(((last - first) % 2**32) / 8 - (last_at - first_at) * 1000) <= 20
+
+
+def test_a_lead_is_paid_back_after_the_legs_stream_lost_time_earlier():
+    """The caller pauses 2 s with nothing sent to the agent's leg (its stream loses that time),
+    later its packets stall 300 ms while a barging supervisor is heard alone: that lead is still
+    paid back in the caller's quiet moments (real time moved to the stream after the pause)."""
+    call = Call("c1")
+    boss = call.add_supervisor("boss", BARGE)
+    rng = np.random.default_rng(1)
+    events, heard = [], []
+    for index in range(500):
+        at = index * 0.02
+        if 1.0 <= at < 3.0:
+            continue  # the caller's phone sends nothing, nobody else either
+        audio = voice(1) if 3.8 <= at < 4.5 else rng.normal(0, 25, 160).astype(np.int16)
+        arrive = 4.3 if 4.0 <= at < 4.3 else at
+        data = RtpPacket(0, index, 160 * index, 8, ulaw_encode(audio).tobytes()).build()
+        events.append((arrive + 0.001, call.caller, data))
+        if 4.0 <= at < 4.3:
+            events.append((at, boss, RtpPacket(0, index, 160 * index, 5, ulaw_encode(voice(1)).tobytes()).build()))
+    for at, leg, data in sorted(events, key=lambda event: event[0]):
+        heard += [(at, packet.timestamp) for packet in packets_to("agent", call.receive(leg, data, at))]
+    on_time_at, on_time = next((at, stamp) for at, stamp in heard if at >= 3.5)  # on real time here
+    last_at, last = heard[-1]
+    assert abs(((last - on_time) % 2**32) / 8 - (last_at - on_time_at) * 1000) <= 20
+
+
+def test_the_first_packet_of_a_talkspurt_skipped_to_catch_up_passes_its_marker_on():
+    call = Call("c1")
+    watcher = call.add_supervisor("watcher", MONITOR)
+    quiet = ulaw_encode(np.zeros(160, np.int16)).tobytes()
+    loud = ulaw_encode(voice(1)).tobytes()
+    heard = []
+    for index in range(16):  # speech, a quiet stretch whose last packet starts a talkspurt, speech
+        if index == 4:
+            watcher.outbound.clock_anchor = (0.0, -16000)  # from here the leg is 2 s ahead of real time
+            watcher.out_position += 16000
+        data = RtpPacket(0, index, 160 * index, 8, quiet if 4 <= index < 10 else loud, marker=index == 9).build()
+        heard += packets_to("watcher", call.receive(call.caller, data, 0.02 * index))
+    assert len(heard) < 16  # the quiet stretch was skipped ...
+    markers = [index for index, packet in enumerate(heard) if packet.marker]
+    assert markers[0] == 0 and len(markers) == 2  # ... not the talkspurt's marker: the next packet has it
+    assert heard[markers[1]].timestamp - heard[markers[1] - 1].timestamp == 160
+
+
 def test_the_flat_tone_of_a_key_is_never_dropped_to_catch_up():
     """A leg ahead of the caller's timeline drops only quiet audio: a key's flat tone is heard."""
     call = Call("c1")
@@ -442,6 +509,36 @@ def test_a_key_sent_as_events_only_sounds_as_long_for_a_monitoring_supervisor_as
         sequence += 1
     tone_ms = {name: np.count_nonzero(np.abs(np.concatenate(chunks)) > 50) / 8 for name, chunks in heard.items()}
     assert tone_ms["agent"] >= 140 and tone_ms["watcher"] == tone_ms["agent"]  # was 24 ms for the supervisor
+
+
+def test_paying_back_the_callers_lead_never_moves_audio_into_a_key_sent_as_events_only():
+    """The agent's phone sends a key as telephone-events only, then speaks after a pause: the
+    pause is paid into the lead, not the key's time - its audio never overlaps the key."""
+    call = Call("c1")
+    boss = call.add_supervisor("boss", BARGE)
+    words = ulaw_encode(voice(1)).tobytes()
+    events, sequence = [], 0
+    for index in range(20):  # she speaks from 0 to 0.4 s; the agent too, its packets late (at 0.38 s)
+        events.append((index * 0.02, boss, RtpPacket(0, index, 160 * index, 5, words).build()))
+        events.append((0.381, call.agent, RtpPacket(0, index, 160 * index, 9, words).build()))
+    sequence = 20
+    for press in range(10):  # from 0.42 s a 200 ms key, events only; the end sent three times
+        end = press == 9
+        for _ in range(3 if end else 1):
+            event = build_event("5", 160 * (press + 1), end=end)
+            data = RtpPacket(101, sequence, 160 * 21, 9, event, marker=press == 0).build()
+            events.append((0.422 + 0.02 * press, call.agent, data))
+            sequence += 1
+    for index in range(41, 80):  # it speaks again from 0.82 s
+        events.append((index * 0.02, call.agent, RtpPacket(0, sequence, 160 * index, 9, words).build()))
+        sequence += 1
+    to_caller = []
+    for at, leg, data in sorted(events, key=lambda event: event[0]):
+        to_caller += [(at, packet) for packet in packets_to("caller", call.receive(leg, data, at))]
+    press = [packet for _at, packet in to_caller if packet.payload_type == 101]
+    key_end = press[0].timestamp + int.from_bytes(press[-1].payload[2:4], "big")
+    after = [packet.timestamp for at, packet in to_caller if packet.payload_type == 0 and at > 0.7]
+    assert after and all((stamp - key_end) % 2**32 < 2**31 for stamp in after)
 
 
 @pytest.mark.parametrize("line", ["noise", "pauses"])
