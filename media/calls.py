@@ -109,10 +109,13 @@ MIX_WAIT_SAMPLES = 480
 # A relayed stream's shift (see Call._forward) changes only this long after its last
 # telephone-event packet (an event's end is sent three times, 50 ms apart at most).
 EVENT_QUIET_S = 0.2
+# A telephone-event's first packet may already count some duration (the phone dates it back).
+EVENT_DURATION_MARGIN_SAMPLES = 1600
 # A leg's stream behind real time by more than this (network jitter) for CLOCK_RESYNC_S lost
 # that time at its source (a long pause, a new stream): its real time is moved to it.
 REAL_TIME_SLACK_SAMPLES = 480  # 60 ms
-CLOCK_RESYNC_S = 1.0  # longer than a late burst takes to catch up
+CLOCK_RESYNC_S = 0.5  # longer than a late burst takes to catch up
+CLOCK_SENDING_GAP_S = 0.1  # of packets sent one after the other (a talkspurt)
 # Audio below this mean power (dBm0; 0 dBm0 is a sine of peak 22747) is quiet: a leg that
 # runs ahead of the caller's timeline may drop it to get back to real time.
 QUIET_DBM0 = -50.0
@@ -144,18 +147,18 @@ class OutboundStream:
     def packet(self, payload_type: int, position: int, payload: bytes, marker: bool, now: float | None) -> bytes:
         """`position` is the media time in samples on this stream's own timeline."""
         self.last_timestamp = (self.timestamp_base + position) & 0xFFFFFFFF
-        self.last_sent_at = now
         if now is not None:
             anchor = self.clock_anchor
             if anchor is None:
                 self.clock_anchor = (now, position)
             elif position - anchor[1] - (now - anchor[0]) * SAMPLE_RATE >= -REAL_TIME_SLACK_SAMPLES:
                 self.behind_since = None
-            elif self.behind_since is None:
-                self.behind_since = now
+            elif self.behind_since is None or now - (self.last_sent_at or now) > CLOCK_SENDING_GAP_S:
+                self.behind_since = now  # behind from here (a pause in sending starts the count again)
             elif now - self.behind_since >= CLOCK_RESYNC_S:
                 # Behind all along, not for a late burst that caught up: its source lost that time.
                 self.clock_anchor, self.behind_since = (now, position), None
+        self.last_sent_at = now
         # The plain header (no CSRC, extension or padding), packed directly: this runs for every packet.
         second = payload_type | (0x80 if marker or not self.packets else 0)
         data = RTP_HEADER.pack(0x80, second, self.sequence, self.last_timestamp, self.ssrc) + payload
@@ -304,6 +307,8 @@ class Leg:
         self.forwarded_until = 0  # where the relayed stream's last audio ended (after the offset)
         self.event_forwarded_at: float | None = None  # a relayed telephone-event's last packet
         self.event_until = 0  # where the relayed telephone-events heard so far end (after the offset)
+        self.event_start = -1  # where the relayed telephone-event in progress starts ...
+        self.event_started_at = 0.0  # ... and when its first packet came (monotonic s)
         self.marker_pending = False  # a talkspurt's first packet was skipped: the next one says so
         # When it last got its main stream (the caller's audio, or events of a key press whose
         # tone is still to come; the agent's audio for the caller's leg).
@@ -380,20 +385,19 @@ class _Queued:
 
     def __init__(self, dtype: type = np.int16) -> None:
         self.chunks: list[np.ndarray] = []
-        self.marker = False  # of the first queued packet: the only one the output packets can carry
+        self.marker = False  # of any queued packet: the first packet sent of them carries it
         self.carry = np.zeros(0, dtype=dtype)
         self.fills: set[int] = set()  # indexes of chunks that fill a gap (no packet came)
 
     def add(self, chunk: np.ndarray, marker: bool = False, fill: bool = False) -> None:
-        if not self.chunks:
-            self.marker = marker
+        self.marker = self.marker or marker  # a talkspurt after a gap: its fill comes first
         if fill:
             self.fills.add(len(self.chunks))
         self.chunks.append(chunk)
 
     def take(self) -> tuple[np.ndarray, list[int], set[int], bool]:
         """(queued samples or codes cut to whole blocks, the packet sizes they came in, which of
-        them filled a gap, marker of the first)."""
+        them filled a gap, whether one of them had the marker)."""
         sizes, fills, marker = [chunk.size for chunk in self.chunks], self.fills, self.marker
         if len(self.chunks) == 1 and not self.carry.size:
             pcm = self.chunks[0]
@@ -726,7 +730,8 @@ class Call:
             else:
                 # Audio held back when the caller's stream paused comes out in the gap's first packets.
                 late = index in fills
-                self._send_caller_audio(masked[start:end], codes[start:end], marker and not start, out, late)
+                self._send_caller_audio(masked[start:end], codes[start:end], marker, out, late)
+                marker = False  # on the first packet sent
             start = end
 
     def _send_caller_audio(
@@ -871,7 +876,12 @@ class Call:
                 leg.forward_offset += leg.out_position - position
                 position = leg.out_position
             if len(payload) >= 4:  # RFC 4733: the duration so far, in samples, from the event's start
-                leg.event_until = max(leg.event_until, position + int.from_bytes(payload[2:4], "big"))
+                if packet.marker or position != leg.event_start:
+                    leg.event_start, leg.event_started_at = position, self.last_activity
+                # No longer than the event has lasted here: one packet cannot claim 8 s of the leg.
+                lasted = (self.last_activity - leg.event_started_at) * SAMPLE_RATE + EVENT_DURATION_MARGIN_SAMPLES
+                duration = min(int.from_bytes(payload[2:4], "big"), int(lasted))
+                leg.event_until = max(leg.event_until, position + duration)
         data = leg.outbound.packet(packet.payload_type, position, payload, marker, self.last_activity)
         out.datagrams.append((leg, data))
 

@@ -451,6 +451,56 @@ def test_the_first_packet_of_a_talkspurt_skipped_to_catch_up_passes_its_marker_o
     assert heard[markers[1]].timestamp - heard[markers[1] - 1].timestamp == 160
 
 
+@pytest.mark.parametrize("tail", ["silence", "noise"])
+def test_a_talkspurt_after_a_pause_of_the_caller_keeps_its_marker(tail):
+    """The gap before the talkspurt is filled (masked, then not sent): the marker of the packet
+    after it is on the first packet the agent gets of the new talkspurt."""
+    call = Call("c1")
+    rng = np.random.default_rng(1)
+    out: list[tuple[int, RtpPacket]] = []
+    for index in range(60):
+        if 20 <= index < 30:
+            continue  # a pause of 200 ms: sequence numbers go on, timestamps jump
+        if index < 15 or index >= 30:
+            pcm = voice(1)
+        else:
+            pcm = np.zeros(160, np.int16) if tail == "silence" else rng.normal(0, 25, 160).astype(np.int16)
+        data = RtpPacket(0, index, 160 * index, 8, ulaw_encode(pcm).tobytes(), marker=index in (0, 30)).build()
+        out += [(index, packet) for packet in packets_to("agent", call.receive(call.caller, data, index * 0.02))]
+    markers = [index for index, packet in out if packet.marker]
+    assert len(markers) == 2 and markers[1] >= 30
+
+
+def test_a_new_caller_stream_that_lost_time_and_then_pauses_keeps_the_legs_real_time():
+    """The caller's new stream continues its timeline 300 ms late (the agent's leg is behind by
+    that from then on), then pauses 0.8 s: the masker's held-back tail sent after the pause is
+    not taken for real time (the leg would then seem ahead for good and skip the caller's quiet
+    audio). Later a barging supervisor alone covers a 2 s hole of the caller: nothing skipped."""
+    call = Call("c1")
+    boss = call.add_supervisor("boss", BARGE)
+    rng = np.random.default_rng(8)
+    events = []
+    for index in range(500):
+        at = index * 0.02
+        if 5.0 <= at < 7.0:
+            speech = ulaw_encode(voice(1)).tobytes()
+            events.append((at + 0.002, boss, RtpPacket(0, index, 160 * index, 5, speech).build()))
+            continue
+        if 1.0 <= at < 1.3 or 2.0 <= at < 2.8:
+            continue
+        ssrc = 8 if at < 1.3 else 18 if at < 7 else 28  # new streams at 1.3 s and 7 s
+        timestamp = 160 * index + {8: 0, 18: 777_000, 28: 5_000_000}[ssrc]
+        noise = ulaw_encode(rng.normal(0, 25, 160).astype(np.int16)).tobytes()  # a quiet line, about -56 dBm0
+        events.append((at + 0.001, call.caller, RtpPacket(0, index, timestamp, ssrc, noise).build()))
+    heard = []
+    for at, leg, data in sorted(events, key=lambda event: event[0]):
+        heard += [(at, packet.timestamp) for packet in packets_to("agent", call.receive(leg, data, at))]
+    (first_at, first), (last_at, last) = heard[0], heard[-1]
+    behind_ms = (last_at - first_at) * 1000 - ((last - first) % 2**32) / 8
+    assert len([at for at, _stamp in heard if at >= 7.0]) == 150
+    assert 280 <= behind_ms <= 320  # the 300 ms the caller's new stream lost, no more
+
+
 def test_the_flat_tone_of_a_key_is_never_dropped_to_catch_up():
     """A leg ahead of the caller's timeline drops only quiet audio: a key's flat tone is heard."""
     call = Call("c1")
@@ -539,6 +589,29 @@ def test_paying_back_the_callers_lead_never_moves_audio_into_a_key_sent_as_event
     key_end = press[0].timestamp + int.from_bytes(press[-1].payload[2:4], "big")
     after = [packet.timestamp for at, packet in to_caller if packet.payload_type == 0 and at > 0.7]
     assert after and all((stamp - key_end) % 2**32 < 2**31 for stamp in after)
+
+
+def test_one_event_packet_claiming_a_long_key_does_not_hold_the_callers_leg_ahead():
+    """A (broken or hostile) agent phone sends one telephone-event saying it has lasted 8 s: the
+    caller's leg pays its lead back as soon as after a real key, not 8 s later."""
+    call = Call("c1")
+    boss = call.add_supervisor("boss", BARGE)
+    words = ulaw_encode(voice(1)).tobytes()
+    offsets: list[tuple[float, int]] = []
+    events = []
+    for index in range(20):  # she speaks from 0 to 0.4 s; the agent too, its packets late (at 0.38 s)
+        events.append((index * 0.02, boss, RtpPacket(0, index, 160 * index, 5, words).build()))
+        events.append((0.381, call.agent, RtpPacket(0, index, 160 * index, 9, words).build()))
+    event = build_event("5", 65535, end=True)
+    events.append((0.402, call.agent, RtpPacket(101, 20, 160 * 20, 9, event, marker=True).build()))
+    for index in range(21, 150):  # then the agent's phone sends its pauses and words
+        if index % 25 < 15:
+            events.append((index * 0.02, call.agent, RtpPacket(0, index, 160 * index, 9, words).build()))
+    for at, leg, data in sorted(events, key=lambda event: event[0]):
+        call.receive(leg, data, at)
+        offsets.append((at, call.caller.forward_offset))
+    assert max(offset for _at, offset in offsets) >= 3200  # 400 ms ahead after the late words
+    assert [offset for at, offset in offsets if at < 2.0][-1] <= 480  # paid back in the pauses since
 
 
 @pytest.mark.parametrize("line", ["noise", "pauses"])
