@@ -139,8 +139,15 @@ class MediaWorker:
         self.relay = Relay(self._on_keys)
         self.links: dict[str, CallLink] = {}
         self._jobs: asyncio.Queue = asyncio.Queue()
+        self._job_running = False
         self._ticks = 0
         self.ready = asyncio.Event()
+
+    @property
+    def idle(self) -> bool:
+        """No job queued or running (a job's database work runs in a thread: cancelling the
+        worker does not stop it)."""
+        return self._jobs.empty() and not self._job_running
 
     # --- running ------------------------------------------------------------
     async def run(self) -> None:
@@ -183,10 +190,13 @@ class MediaWorker:
         # One queue, one consumer: a call's messages and key presses keep their order.
         while True:
             job = await self._jobs.get()
+            self._job_running = True
             try:
                 await job
             except Exception:  # one failed job must not stop the worker; jobs hold no card data
                 logger.exception("media worker %s: job failed", self.worker_id)
+            finally:
+                self._job_running = False
 
     async def _tick(self) -> None:
         while True:

@@ -109,8 +109,9 @@ class Command(OperatorCommand):
             raise self.fail(f"no open session with code {code}")
         finally:
             if worker_task:
-                if call is not None:  # handled by the command's worker before it stops (also after a failure)
+                if call is not None:  # also after a failure: nobody relays the call once the command stops
                     await self._hang_up(call)
+                    await self._until_handled(worker, worker_task, call)
                 worker_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker_task
@@ -143,6 +144,16 @@ class Command(OperatorCommand):
                 return
             await asyncio.sleep(0.05)
         raise self.fail("the media worker did not link the call (is `manage.py media_worker` running?)")
+
+    @staticmethod
+    async def _until_handled(worker: MediaWorker, worker_task: asyncio.Task, call: Call) -> None:
+        """The command's worker has handled the hang-up (closed the call's sockets, recorded what
+        it records): stopping it mid-job would leave its database work running on its own."""
+        deadline = time.monotonic() + LINK_WAIT_S
+        while str(call.pk) in worker.links or not worker.idle:
+            if worker_task.done() or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.01)
 
     async def _hang_up(self, call: Call) -> None:
         await database_sync_to_async(self._hang_up_row)(call.pk)
