@@ -109,12 +109,10 @@ MIX_WAIT_SAMPLES = 480
 # A relayed stream's shift (see Call._forward) changes only this long after its last
 # telephone-event packet (an event's end is sent three times, 50 ms apart at most).
 EVENT_QUIET_S = 0.2
-# A telephone-event's first packet may already count some duration (the phone dates it back).
-EVENT_DURATION_MARGIN_SAMPLES = 1600
 # A leg's stream behind real time by more than this (network jitter) for CLOCK_RESYNC_S lost
 # that time at its source (a long pause, a new stream): its real time is moved to it.
 REAL_TIME_SLACK_SAMPLES = 480  # 60 ms
-CLOCK_RESYNC_S = 0.5  # longer than a late burst takes to catch up
+CLOCK_RESYNC_S = 2.0  # longer than late packets take to catch up (a burst at once, a backlog at 1.5x)
 CLOCK_SENDING_GAP_S = 0.1  # of packets sent one after the other (a talkspurt)
 # Audio below this mean power (dBm0; 0 dBm0 is a sine of peak 22747) is quiet: a leg that
 # runs ahead of the caller's timeline may drop it to get back to real time.
@@ -307,8 +305,6 @@ class Leg:
         self.forwarded_until = 0  # where the relayed stream's last audio ended (after the offset)
         self.event_forwarded_at: float | None = None  # a relayed telephone-event's last packet
         self.event_until = 0  # where the relayed telephone-events heard so far end (after the offset)
-        self.event_start = -1  # where the relayed telephone-event in progress starts ...
-        self.event_started_at = 0.0  # ... and when its first packet came (monotonic s)
         self.marker_pending = False  # a talkspurt's first packet was skipped: the next one says so
         # When it last got its main stream (the caller's audio, or events of a key press whose
         # tone is still to come; the agent's audio for the caller's leg).
@@ -381,32 +377,33 @@ class _Queued:
     or G.711 codes (the caller's, decoded for the whole batch at once). Only whole
     blocks go to the DSP; a remainder (odd packet sizes) waits for the next packet."""
 
-    __slots__ = ("chunks", "marker", "carry", "fills")
+    __slots__ = ("chunks", "markers", "carry", "fills")
 
     def __init__(self, dtype: type = np.int16) -> None:
         self.chunks: list[np.ndarray] = []
-        self.marker = False  # of any queued packet: the first packet sent of them carries it
+        self.markers: set[int] = set()  # indexes of chunks whose packet had the marker bit
         self.carry = np.zeros(0, dtype=dtype)
         self.fills: set[int] = set()  # indexes of chunks that fill a gap (no packet came)
 
     def add(self, chunk: np.ndarray, marker: bool = False, fill: bool = False) -> None:
-        self.marker = self.marker or marker  # a talkspurt after a gap: its fill comes first
+        if marker:
+            self.markers.add(len(self.chunks))
         if fill:
             self.fills.add(len(self.chunks))
         self.chunks.append(chunk)
 
-    def take(self) -> tuple[np.ndarray, list[int], set[int], bool]:
+    def take(self) -> tuple[np.ndarray, list[int], set[int], set[int]]:
         """(queued samples or codes cut to whole blocks, the packet sizes they came in, which of
-        them filled a gap, whether one of them had the marker)."""
-        sizes, fills, marker = [chunk.size for chunk in self.chunks], self.fills, self.marker
+        them filled a gap, which of them had the marker)."""
+        sizes, fills, markers = [chunk.size for chunk in self.chunks], self.fills, self.markers
         if len(self.chunks) == 1 and not self.carry.size:
             pcm = self.chunks[0]
         else:
             pcm = np.concatenate([self.carry, *self.chunks])
         usable = pcm.size - pcm.size % BLOCK
         self.carry = pcm[usable:]
-        self.chunks, self.fills, self.marker = [], set(), False
-        return pcm[:usable], sizes, fills, marker
+        self.chunks, self.fills, self.markers = [], set(), set()
+        return pcm[:usable], sizes, fills, markers
 
 
 class CallAudioBatch:
@@ -485,10 +482,10 @@ class CallAudioBatch:
             masked = self.masker.push_rows(rows, pcm)
             encoded = codec.encode(masked)
             results: dict[Call, Received] = {}
-            for index, (call, _codes, sizes, fills, marker) in enumerate(group):
+            for index, (call, _codes, sizes, fills, markers) in enumerate(group):
                 received = results[call] = Received()
                 presses = self.masker.drain_key_presses(call.mask_slot)
-                call.deliver_masked(masked[index], encoded[index], sizes, fills, marker, presses, received)
+                call.deliver_masked(masked[index], encoded[index], sizes, fills, markers, presses, received)
             yield results
         for group in _by_length(agents):
             rows = np.array([call.detector_slot for call, *_ in group])
@@ -509,17 +506,17 @@ MAX_ROWS_PER_PUSH = 64
 
 def _by_length(
     queues: dict[Call, _Queued], by_codec: bool = False
-) -> list[list[tuple[Call, np.ndarray, list[int], set[int], bool]]]:
+) -> list[list[tuple[Call, np.ndarray, list[int], set[int], set[int]]]]:
     """Queued audio taken and grouped by length (and codec: queues of codes), one
     push per group, at most MAX_ROWS_PER_PUSH rows."""
-    groups: dict[tuple[int, str], list[tuple[Call, np.ndarray, list[int], set[int], bool]]] = {}
+    groups: dict[tuple[int, str], list[tuple[Call, np.ndarray, list[int], set[int], set[int]]]] = {}
     for call, queued in queues.items():
         if call.mask_slot is None:
             continue  # the call ended meanwhile
-        audio, sizes, fills, marker = queued.take()
+        audio, sizes, fills, markers = queued.take()
         if audio.size:
             key = (audio.size, call.codec.name if by_codec else "")
-            groups.setdefault(key, []).append((call, audio, sizes, fills, marker))
+            groups.setdefault(key, []).append((call, audio, sizes, fills, markers))
     return [
         group[start : start + MAX_ROWS_PER_PUSH]
         for group in groups.values()
@@ -706,32 +703,36 @@ class Call:
         codes: np.ndarray,
         sizes: list[int],
         fills: set[int],
-        marker: bool,
+        markers: set[int],
         presses: list[KeyPress],
         out: Received,
     ) -> None:
         """The batch masked this call's queued caller audio (`codes`: encoded in
         the call's codec): send it on, one packet per inbound packet (the sizes
-        they came in), and take the keys. A packet of silence that only filled a gap
-        is not sent (a flat tone or held-back audio in it is): the legs' timestamps
-        jump over it, as over the sender's own silence suppression."""
+        they came in; `markers`: which had the marker bit), and take the keys. A packet
+        of silence that only filled a gap is not sent (a flat tone or held-back audio in
+        it is): the legs' timestamps jump over it, as over the sender's own silence
+        suppression, and the next packet sent has the marker bit (RFC 3550 5.1: the first
+        packet after a silence period)."""
         if presses:
             out.caller_keys += self.caller_keys.accept(presses)
         if len(sizes) == 1 and not fills:  # one packet in, one out: nearly always
-            self._send_caller_audio(masked, codes, marker, out)
+            self._send_caller_audio(masked, codes, bool(markers), out)
             return
-        start = 0
+        start, marker = 0, False
         for index, size in enumerate(sizes):
             if start >= masked.size:
                 break
             end = start + size if start + size + min(sizes) <= masked.size else masked.size
+            marker = marker or index in markers
             if index in fills and (codes[start:end] == self.codec.silence[0]).all():
                 self.masked_position += end - start  # made-up silence with nothing in it after masking
+                marker = True
             else:
                 # Audio held back when the caller's stream paused comes out in the gap's first packets.
                 late = index in fills
                 self._send_caller_audio(masked[start:end], codes[start:end], marker, out, late)
-                marker = False  # on the first packet sent
+                marker = False
             start = end
 
     def _send_caller_audio(
@@ -876,12 +877,7 @@ class Call:
                 leg.forward_offset += leg.out_position - position
                 position = leg.out_position
             if len(payload) >= 4:  # RFC 4733: the duration so far, in samples, from the event's start
-                if packet.marker or position != leg.event_start:
-                    leg.event_start, leg.event_started_at = position, self.last_activity
-                # No longer than the event has lasted here: one packet cannot claim 8 s of the leg.
-                lasted = (self.last_activity - leg.event_started_at) * SAMPLE_RATE + EVENT_DURATION_MARGIN_SAMPLES
-                duration = min(int.from_bytes(payload[2:4], "big"), int(lasted))
-                leg.event_until = max(leg.event_until, position + duration)
+                leg.event_until = max(leg.event_until, position + int.from_bytes(payload[2:4], "big"))
         data = leg.outbound.packet(packet.payload_type, position, payload, marker, self.last_activity)
         out.datagrams.append((leg, data))
 
