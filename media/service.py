@@ -145,8 +145,8 @@ class MediaWorker:
 
     @property
     def idle(self) -> bool:
-        """No job queued or running (a job's database work runs in a thread: cancelling the
-        worker does not stop it)."""
+        """No job queued or running, while the worker runs. Wait for it before stopping the
+        worker: a job's database work runs in a thread that cancelling does not stop."""
         return self._jobs.empty() and not self._job_running
 
     # --- running ------------------------------------------------------------

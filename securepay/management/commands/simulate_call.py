@@ -108,6 +108,8 @@ class Command(OperatorCommand):
         except UnknownCode:
             raise self.fail(f"no open session with code {code}")
         finally:
+            # A second SIGTERM stops the process at once (its threads with it), not this clean-up half-way.
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
             if worker_task:
                 if call is not None:  # also after a failure: nobody relays the call once the command stops
                     await self._hang_up(call)
