@@ -115,7 +115,7 @@ REAL_TIME_SLACK_SAMPLES = 480  # 60 ms
 CLOCK_RESYNC_S = 2.0  # longer than late packets take to catch up (a burst at once, a backlog at 1.5x)
 CLOCK_SENDING_GAP_S = 0.1  # of packets sent one after the other (a talkspurt)
 # Audio below this mean power (dBm0; 0 dBm0 is a sine of peak 22747) is quiet: a leg that
-# runs ahead of the caller's timeline may drop it to get back to real time.
+# runs ahead of real time may skip it to get back (Call._skippable).
 QUIET_DBM0 = -50.0
 QUIET_MEAN_SQUARE = (22747 / 2**0.5) ** 2 * 10 ** (QUIET_DBM0 / 10)
 RTCP_INTERVAL_S = 5.0
@@ -164,7 +164,6 @@ class OutboundStream:
         self.packets += 1
         self.octets += len(payload)
         return data
-
 
     def lead(self, position: int, now: float | None) -> int:
         """How far audio sent now at `position` would be ahead of real time, in samples (0:

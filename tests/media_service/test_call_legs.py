@@ -18,6 +18,18 @@ def packets_to(listener: str, received: Received) -> list[RtpPacket]:
     return [parse_rtp(out) for to, out in received.datagrams if to.name == listener]
 
 
+def ahead_of_real_time_ms(heard: list[tuple[float, int]]) -> float:
+    """How far a leg's last packet is ahead of real time (negative: behind), counted from its
+    first: `heard` holds (when it was sent, its RTP timestamp)."""
+    (first_at, first), (last_at, last) = heard[0], heard[-1]
+    return ((last - first) % 2**32) / 8 - (last_at - first_at) * 1000
+
+
+def never_back_in_time(stamps: list[int]) -> bool:
+    """Each RTP timestamp after the one before (modulo 2**32)."""
+    return all(0 < (b - a) % 2**32 < 2**31 for a, b in zip(stamps, stamps[1:], strict=False))
+
+
 def run(call: Call, keys: str = "123", mode: str = "inband") -> dict[str, np.ndarray]:
     heard: dict[str, list[np.ndarray]] = {}
     for at, data in caller_packets(keys, mode)[0]:
@@ -211,7 +223,7 @@ def test_a_barging_supervisor_is_heard_by_the_caller_while_the_agent_sends_nothi
     for index in range(2, 5):
         receive(call.agent, RtpPacket(0, index, 160 * (index + 15), 9, bytes(160)).build(), 0.4 + 0.02 * index)
     stamps = [p.timestamp for p in to_caller]
-    assert all(0 < (b - a) % 2**32 < 2**31 for a, b in zip(stamps, stamps[1:], strict=False))
+    assert never_back_in_time(stamps)
     assert len({p.ssrc for p in to_caller}) == 1
     assert all((b.sequence - a.sequence) % 65536 == 1 for a, b in zip(to_caller, to_caller[1:], strict=False))
 
@@ -269,9 +281,7 @@ def test_a_pause_of_the_caller_is_not_counted_twice_on_the_legs_that_heard_other
             caller_sequence += 1
     for at, leg, data in sorted(events, key=lambda event: event[0]):
         heard += [(at, packet.timestamp) for packet in packets_to(listener, call.receive(leg, data, at))]
-    (first_at, first_stamp), (last_at, last_stamp) = heard[0], heard[-1]
-    ahead_ms = ((last_stamp - first_stamp) % 2**32) / 8 - (last_at - first_at) * 1000
-    assert -40 <= ahead_ms <= 120  # within the 100 ms a secondary stream waits before going out alone
+    assert -40 <= ahead_of_real_time_ms(heard) <= 120  # within the 100 ms secondary audio waits to go out alone
     assert len(heard) <= 152  # one packet per 20 ms, and one more at each hand-over
 
 
@@ -328,9 +338,8 @@ def test_a_speaking_callers_pauses_keep_the_supervisors_stream_on_real_time(code
             caller_sequence += 1
     for at, leg, data in sorted(events, key=lambda event: event[0]):
         heard += [(at, packet.timestamp) for packet in packets_to("watcher", call.receive(leg, data, at))]
-    (first_at, first), (last_at, last) = heard[0], heard[-1]
-    assert abs(((last - first) % 2**32) / 8 - (last_at - first_at) * 1000) <= 20  # no pause counted twice
-    assert all(0 < (b - a) % 2**32 < 2**31 for (_, a), (_, b) in zip(heard, heard[1:], strict=False))
+    assert abs(ahead_of_real_time_ms(heard)) <= 20  # no pause counted twice
+    assert never_back_in_time([stamp for _at, stamp in heard])
 
 
 def test_stalls_of_a_callers_stream_do_not_push_the_supervisors_stream_ever_further_ahead():
@@ -351,10 +360,8 @@ def test_stalls_of_a_callers_stream_do_not_push_the_supervisors_stream_ever_furt
         events.append((stalled_until + 0.001, call.caller, RtpPacket(0, index, 160 * index, 8, noise).build()))
     for at, leg, data in sorted(events, key=lambda event: event[0]):
         heard += [(at, packet.timestamp) for packet in packets_to("watcher", call.receive(leg, data, at))]
-    (first_at, first), (last_at, last) = heard[0], heard[-1]
-    ahead_ms = ((last - first) % 2**32) / 8 - (last_at - first_at) * 1000
-    assert -20 <= ahead_ms <= 60  # paid back in the quiet moments after each stall
-    assert all(0 < (b - a) % 2**32 < 2**31 for (_, a), (_, b) in zip(heard, heard[1:], strict=False))
+    assert -20 <= ahead_of_real_time_ms(heard) <= 60  # paid back in the quiet moments after each stall
+    assert never_back_in_time([stamp for _at, stamp in heard])
 
 
 @pytest.mark.parametrize("caller", ["pause_of_2_s", "starts_3_s_late"])
@@ -378,9 +385,7 @@ def test_a_leg_ahead_of_a_callers_timeline_that_lost_time_does_not_fall_behind_r
             events.append((at + 0.001, call.caller, RtpPacket(0, index, 5000 + 160 * index, 8, noise).build()))
     for at, leg, data in sorted(events, key=lambda event: event[0]):
         heard += [(at, packet.timestamp) for packet in packets_to("watcher", call.receive(leg, data, at))]
-    (first_at, first), (last_at, last) = heard[0], heard[-1]
-    ahead_ms = ((last - first) % 2**32) / 8 - (last_at - first_at) * 1000
-    assert -60 <= ahead_ms <= 60
+    assert -60 <= ahead_of_real_time_ms(heard) <= 60
     assert len(heard) >= 495  # a packet per 20 ms: nothing skipped
 
 
@@ -403,9 +408,8 @@ def test_late_bursts_of_the_caller_do_not_move_a_legs_real_time():
         events.append((arrive + 0.001, call.caller, RtpPacket(0, index, 5000 + 160 * index, 8, noise).build()))
     for at, leg, data in sorted(events, key=lambda event: event[0]):
         heard += [(at, packet.timestamp) for packet in packets_to("watcher", call.receive(leg, data, at))]
-    (first_at, first), (last_at, last) = heard[0], heard[-1]
     assert len(heard) == 500
-    assert abs(((last - first) % 2**32) / 8 - (last_at - first_at) * 1000) <= 20
+    assert abs(ahead_of_real_time_ms(heard)) <= 20
 
 
 def test_a_lead_is_paid_back_after_the_legs_stream_lost_time_earlier():
@@ -428,9 +432,7 @@ def test_a_lead_is_paid_back_after_the_legs_stream_lost_time_earlier():
             events.append((at, boss, RtpPacket(0, index, 160 * index, 5, ulaw_encode(voice(1)).tobytes()).build()))
     for at, leg, data in sorted(events, key=lambda event: event[0]):
         heard += [(at, packet.timestamp) for packet in packets_to("agent", call.receive(leg, data, at))]
-    on_time_at, on_time = next((at, stamp) for at, stamp in heard if at >= 5.2)  # on real time here
-    last_at, last = heard[-1]
-    assert abs(((last - on_time) % 2**32) / 8 - (last_at - on_time_at) * 1000) <= 20
+    assert abs(ahead_of_real_time_ms([(at, stamp) for at, stamp in heard if at >= 5.2])) <= 20  # on time at 5.2 s
 
 
 def test_the_first_packet_of_a_talkspurt_skipped_to_catch_up_passes_its_marker_on():
@@ -499,10 +501,8 @@ def test_a_new_caller_stream_that_lost_time_and_then_pauses_keeps_the_legs_real_
     heard = []
     for at, leg, data in sorted(events, key=lambda event: event[0]):
         heard += [(at, packet.timestamp) for packet in packets_to("agent", call.receive(leg, data, at))]
-    (first_at, first), (last_at, last) = heard[0], heard[-1]
-    behind_ms = (last_at - first_at) * 1000 - ((last - first) % 2**32) / 8
     assert len([at for at, _stamp in heard if at >= 7.0]) == 150
-    assert 280 <= behind_ms <= 320  # the 300 ms the caller's new stream lost, no more
+    assert -320 <= ahead_of_real_time_ms(heard) <= -280  # behind by the 300 ms the caller's new stream lost, no more
 
 
 def test_the_flat_tone_of_a_key_is_never_dropped_to_catch_up():
@@ -661,10 +661,8 @@ def test_stalls_of_the_agents_stream_do_not_push_the_callers_stream_ever_further
         events.append((stalled_until + 0.001, call.agent, data))
     for at, leg, data in sorted(events, key=lambda event: event[0]):
         heard += [(at, p.timestamp) for p in packets_to("caller", call.receive(leg, data, at)) if p.payload_type == 0]
-    (first_at, first), (last_at, last) = heard[0], heard[-1]
-    ahead_ms = ((last - first) % 2**32) / 8 - (last_at - first_at) * 1000
-    assert -20 <= ahead_ms <= 60
-    assert all(0 < (b - a) % 2**32 < 2**31 for (_, a), (_, b) in zip(heard, heard[1:], strict=False))
+    assert -20 <= ahead_of_real_time_ms(heard) <= 60
+    assert never_back_in_time([stamp for _at, stamp in heard])
 
 
 def test_paying_back_the_callers_lead_never_splits_an_agents_key_press():
@@ -699,4 +697,4 @@ def test_paying_back_the_callers_lead_never_splits_an_agents_key_press():
     assert len(press) == 12 and len({packet.timestamp for packet in press}) == 1
     audio = [packet.timestamp for packet in to_caller if packet.payload_type == 0]
     assert len(audio) < 60 + 10  # some of the agent's quiet audio was skipped to pay the lead back
-    assert all(0 < (b - a) % 2**32 < 2**31 for a, b in zip(audio, audio[1:], strict=False))
+    assert never_back_in_time(audio)
