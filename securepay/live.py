@@ -226,6 +226,19 @@ class MediaHub:
             if capture is not None:
                 capture.set_secured(False)
 
+    def withdraw_card(self, session_id) -> None:
+        """The call keying into the session lost it while its card was being stored: another
+        call's new card entry discarded the vault copy before this one landed. Forget the card
+        entry and take the card back out of the vault: it must not be charged for the new call."""
+        self.release(session_id)
+        get_vault().discard(session_id)
+
+    def card_ready(self, session_id) -> bool:
+        """This process's card entry for the session holds a complete card, stored. Lock-free,
+        as is_linked: a dict look-up and a flag."""
+        capture = self._captures.get(str(session_id))
+        return capture is not None and capture.ready
+
     def press_key(self, session_id, digit: str, from_secured_call: bool = True) -> bool:
         """One key from the caller's keypad; False when no call of this process is linked to the session.
         A key the worker knows was pressed on a call that was not secured is refused (and counted),

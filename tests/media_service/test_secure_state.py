@@ -33,6 +33,7 @@ from securepay import calls as calls_module
 from securepay.calls import Call, CallNotLive, CallState, EndReason, MediaWorkerBeat, link_call, start_call
 from securepay.live import MediaHub
 from securepay.models import BreakReason, IllegalTransition, PaymentSession, SecureState
+from securepay.vault import generate_key, get_vault
 from tests.live.conftest import session_in_card_entry
 from tests.media.signals import FLAT_TONE_HZ, band_share
 from tests.support import missing
@@ -615,6 +616,43 @@ def test_keys_of_a_call_whose_session_was_just_claimed_elsewhere_are_dropped(alp
     run(scenario)
     assert pan_length(one.hub, session) == 0
     assert one.links[str(old.pk)].session_id is None
+
+
+def test_a_card_completed_while_another_call_claims_the_session_is_taken_back_out_of_the_vault(
+    alpha, two_workers, settings, monkeypatch
+):
+    """The old call's last key passed the 'still holds the session' check; the claim of the new
+    call (whose card entry discards any vault copy) commits before that key stores the card:
+    the worker asks again once the card is stored, and takes it back out of the vault."""
+    settings.VAULT_KEY = generate_key()
+    get_vault.cache_clear()
+    one, two = two_workers
+    session = session_in_card_entry(alpha)
+    old, new = start_call(alpha.tenant, worker_id="w-one"), start_call(alpha.tenant, worker_id="w-two")
+    keys = "4242424242424242" + "1230" + "123"
+    press_key = one.hub.press_key
+
+    def claimed_during_the_last_key(session_id, digit, accepted=True):
+        link_call(Call.objects.get(pk=new.pk), session.code)  # committed; worker one not told yet
+        return press_key(session_id, digit, accepted)
+
+    async def scenario():
+        await start(one, old)
+        await start(two, new)
+        await link(one, old, session)
+        await caller_keys(one, old, keys[:-1])
+        assert not get_vault().has_card(session.pk)
+        monkeypatch.setattr(one.hub, "press_key", claimed_during_the_last_key)
+        await caller_keys(one, old, keys[-1], start_ms=200 * len(keys))
+
+    try:
+        run(scenario)
+        assert Call.objects.get(pk=new.pk).session_id == session.pk
+        assert not get_vault().has_card(session.pk)  # not charged for the new call's empty card entry
+        assert not one.hub.is_linked(session.pk)
+        assert one.links[str(old.pk)].session_id is None
+    finally:
+        get_vault.cache_clear()
 
 
 # --- workers gone for good --------------------------------------------------------------
