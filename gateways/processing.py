@@ -108,8 +108,12 @@ def _reconcile_then_charge(adapter: GatewayAdapter, attempt: PaymentAttempt) -> 
 
 
 def _charge_from_vault(adapter: GatewayAdapter, attempt: PaymentAttempt) -> GatewayResult | None:
-    card = get_vault().take(attempt.session_id)
-    if card is None:
+    taken = get_vault().take_keyed(attempt.session_id)
+    if taken is None:
+        return CARD_ENTRY_EXPIRED
+    card, keyed_on = taken
+    if keyed_on != attempt.card_keyed_on:  # another call's card replaced it: not the one confirmed
+        del card
         return CARD_ENTRY_EXPIRED
     result = _sale(adapter, attempt, card)
     del card  # PCI DSS: the card (and its CVV) ends with the authorisation attempt

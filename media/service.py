@@ -333,7 +333,7 @@ class MediaWorker:
         call.listen_for_agent_code = False
 
     def _link_session(self, call_id: str, session_id: str, on_hold: bool) -> bool:
-        return self.hub.link(session_id, self.worker_id, on_hold, only_if=self._held_by(call_id))
+        return self.hub.link(session_id, self.worker_id, on_hold, only_if=self._held_by(call_id), call_id=call_id)
 
     def _held_by(self, call_id: str) -> Callable[[PaymentSession], bool]:
         """Whether the call still holds the session, asked under the session's row lock
@@ -481,16 +481,9 @@ class MediaWorker:
             self._drop_session(call_id)
             return
         secured = link.linked and not link.on_hold
-        stored_before = self.hub.card_ready(session_id)
         for press in presses:
             accepted = secured and press.start_ms >= link.secured_from_ms
             await database_sync_to_async(self.hub.press_key)(session_id, press.digit, accepted)
-        if not stored_before and self.hub.card_ready(session_id):
-            # Asked again once the card is in the vault: a claim committed since the first
-            # question had its new card entry discard the vault copy before this one landed.
-            if not await database_sync_to_async(self._holds)(call_id, session_id):
-                self._drop_session(call_id)
-                await database_sync_to_async(self.hub.withdraw_card)(session_id)
 
     async def _refuse(self, session_id: str, digit: str) -> None:
         await database_sync_to_async(self.hub.press_key)(session_id, digit, False)

@@ -249,6 +249,12 @@ class SessionBarge(models.Model):
         cls.objects.bulk_create([cls(session_id=session_id, supervisor=name) for name in names], ignore_conflicts=True)
 
 
+def live_call_id(session_id) -> str:
+    """The live call holding the session ("": none) - one at most (Call.claim_session)."""
+    held = Call.objects.filter(session_id=session_id, state=CallState.LIVE).values_list("pk", flat=True).first()
+    return "" if held is None else str(held)
+
+
 def held_by_no_live_call(session: PaymentSession) -> bool:
     """For a call that ended: no live call holds its session now (a later claim's call owns
     its secure state, and its worker records it)."""

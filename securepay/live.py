@@ -160,6 +160,7 @@ class MediaHub:
         worker_id: str = "",
         on_hold: bool = False,
         only_if: Callable[[PaymentSession], bool] | None = None,
+        call_id: str = "",
     ) -> bool:
         """A call was linked to the session: secure it, then accept digits (on hold:
         record it, unsecured, until unhold). `only_if`: see PaymentSession.mark_unsecured;
@@ -179,7 +180,7 @@ class MediaHub:
                 raise IllegalTransition(session_id, Status.ENDED, "linked")
             claim = session.secure_event_id  # this link's event: orders it among every link of the session
             self._claims[str(session_id)] = claim
-            self._capture_for(session, claim).set_secured(not on_hold)
+            self._capture_for(session, claim, call_id).set_secured(not on_hold)
         broadcast_session_state(session)
         return True
 
@@ -225,19 +226,6 @@ class MediaHub:
             capture = self._captures.pop(str(session_id), None)
             if capture is not None:
                 capture.set_secured(False)
-
-    def withdraw_card(self, session_id) -> None:
-        """The call keying into the session lost it while its card was being stored: another
-        call's new card entry discarded the vault copy before this one landed. Forget the card
-        entry and take the card back out of the vault: it must not be charged for the new call."""
-        self.release(session_id)
-        get_vault().discard(session_id)
-
-    def card_ready(self, session_id) -> bool:
-        """This process's card entry for the session holds a complete card, stored. Lock-free,
-        as is_linked: a dict look-up and a flag."""
-        capture = self._captures.get(str(session_id))
-        return capture is not None and capture.ready
 
     def press_key(self, session_id, digit: str, from_secured_call: bool = True) -> bool:
         """One key from the caller's keypad; False when no call of this process is linked to the session.
@@ -311,7 +299,7 @@ class MediaHub:
             await layer.group_discard(MEDIA_GROUP, channel)
 
     # --- internals ----------------------------------------------------------------------
-    def _capture_for(self, session: PaymentSession, claim: int) -> CardCapture:
+    def _capture_for(self, session: PaymentSession, claim: int, call_id: str) -> CardCapture:
         key = str(session.pk)
         if key not in self._captures:
             vault = get_vault()
@@ -327,7 +315,7 @@ class MediaHub:
                 accepted_brands=session.template.accepted_brand_set,
                 cvv_required=session.template.cvv_required,
                 publish=lambda state: async_to_sync(get_channel_layer().group_send)(session_group(key), state),
-                store_card=lambda card: vault.put(key, card),
+                store_card=lambda card: vault.put(key, card, keyed_on=call_id),  # see request_payment
                 discard_card=lambda: vault.discard(key),
                 first_seq=claim * SEQ_PER_CLAIM,
             )

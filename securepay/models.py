@@ -363,6 +363,9 @@ class PaymentAttempt(models.Model):
     transaction_type = models.CharField(max_length=16, default="sale")
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
+    # The call the card was keyed on ("": none) as the vault said when the agent pressed Process:
+    # the task charges only that copy (another call's copy may land before it takes it).
+    card_keyed_on = models.CharField(max_length=64, blank=True)
     reason_code = models.CharField(max_length=64, blank=True)
     message = models.CharField(max_length=300, blank=True)
     gateway_reference = models.CharField(max_length=200, blank=True)

@@ -14,6 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from gateways.models import DEFAULT_ADAPTER
 from gateways.tasks import charge_attempt
+from securepay.calls import live_call_id
 from securepay.models import PaymentAttempt, PaymentSession
 from securepay.vault import get_vault
 
@@ -33,8 +34,12 @@ def request_payment(session: PaymentSession, actor: str) -> PaymentAttempt:
         raise PaymentNotReady("not_secured", _("The call is not secured: the card cannot be charged now."))
     if session.amount_minor is None:
         raise PaymentNotReady("no_amount", _("The payment has no amount yet."))
-    if not get_vault().has_card(session.pk):
+    keyed_on = get_vault().keyed_on(session.pk)
+    if keyed_on is None:
         raise PaymentNotReady("no_card", _("No complete card has been keyed yet."))
+    if keyed_on != live_call_id(session.pk):
+        # Keyed on a call that lost the session (its last key raced a claim): not this call's card.
+        raise PaymentNotReady("no_card", _("The card was keyed on another call: ask the caller to key it again."))
     with transaction.atomic():
         # The transition locks the session row first, so two presses cannot
         # both create an attempt: the second one fails here with IllegalTransition.
@@ -48,6 +53,7 @@ def request_payment(session: PaymentSession, actor: str) -> PaymentAttempt:
             gateway=DEFAULT_ADAPTER,
             amount_minor=session.amount_minor,
             currency=session.currency,
+            card_keyed_on=keyed_on,
         )
         transaction.on_commit(lambda: charge_attempt.delay(str(attempt.id)))
     return attempt

@@ -2,7 +2,9 @@
 worker (which captured it) and the gateway task (which charges it).
 
 AES-256-GCM with VAULT_KEY; the session id is authenticated data, so a
-ciphertext cannot be replayed into another session. Redis with a TTL of at
+ciphertext cannot be replayed into another session. Each copy also names the
+call it was keyed on (readable without the key, authenticated with it): a card
+keyed on a call that has lost the session is not charged for it. Redis with a TTL of at
 most 15 minutes in production (shared by media and Celery workers); an
 in-process store in the demo. `take` reads and deletes in one step: a card is
 charged from the vault at most once. The web tier runs without VAULT_KEY and so
@@ -23,7 +25,7 @@ from django.conf import settings
 
 from securepay.card import Card
 
-KEY_PREFIX = "securepay:vault:card:"
+KEY_PREFIX = "securepay:vault:card2:"  # 2: the copy names its call (a copy of the old format is not read)
 NONCE_BYTES = 12
 
 
@@ -69,23 +71,46 @@ class Vault:
             raise VaultUnavailable("VAULT_KEY is not set in this process: it cannot store or read cards")
         return AESGCM(self._key)
 
-    def put(self, session_id: str, card: Card) -> None:
+    def put(self, session_id: str, card: Card, keyed_on: str = "") -> None:
+        """Store the session's card; `keyed_on`: the call it was keyed on ("" for none: the keypad simulator)."""
+        call = keyed_on.encode()
         nonce = os.urandom(NONCE_BYTES)
-        blob = nonce + self._aead.encrypt(nonce, card.to_vault_bytes(), str(session_id).encode())
-        self._store(KEY_PREFIX + str(session_id), blob)
+        sealed = self._aead.encrypt(nonce, card.to_vault_bytes(), self._associated(session_id, call))
+        self._store(KEY_PREFIX + str(session_id), bytes([len(call)]) + call + nonce + sealed)
 
     def take(self, session_id: str) -> Card | None:
         """The card for this session, removed from the vault; None when absent or expired."""
+        taken = self.take_keyed(session_id)
+        return None if taken is None else taken[0]
+
+    def take_keyed(self, session_id: str) -> tuple[Card, str] | None:
+        """As `take`, with the call the card was keyed on."""
         aead = self._aead  # a process without the key must not even consume the card
         blob = self._pop(KEY_PREFIX + str(session_id))
         if blob is None:
             return None
-        return Card.from_vault_bytes(
-            aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], str(session_id).encode())
+        call, body = self._split(blob)
+        card = Card.from_vault_bytes(
+            aead.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], self._associated(session_id, call))
         )
+        return card, call.decode()
+
+    def keyed_on(self, session_id: str) -> str | None:
+        """The call the session's card was keyed on ("": none); None when there is no card."""
+        blob = self._get(KEY_PREFIX + str(session_id))
+        return None if blob is None else self._split(blob)[0].decode()
 
     def has_card(self, session_id: str) -> bool:
         return self._exists(KEY_PREFIX + str(session_id))
+
+    @staticmethod
+    def _associated(session_id: str, call: bytes) -> bytes:
+        return str(session_id).encode() + b"|" + call
+
+    @staticmethod
+    def _split(blob: bytes) -> tuple[bytes, bytes]:
+        size = blob[0]
+        return blob[1 : 1 + size], blob[1 + size :]
 
     def discard(self, session_id: str) -> None:
         self._pop(KEY_PREFIX + str(session_id))
@@ -98,6 +123,9 @@ class Vault:
         raise NotImplementedError
 
     def _exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def _get(self, key: str) -> bytes | None:
         raise NotImplementedError
 
 
@@ -119,9 +147,12 @@ class MemoryVault(Vault):
         return blob if blob is not None and expires > time.monotonic() else None
 
     def _exists(self, key: str) -> bool:
+        return self._get(key) is not None
+
+    def _get(self, key: str) -> bytes | None:
         with self._lock:
             item = self._items.get(key)
-        return item is not None and item[0] > time.monotonic()
+        return item[1] if item is not None and item[0] > time.monotonic() else None
 
 
 class RedisVault(Vault):
@@ -139,6 +170,9 @@ class RedisVault(Vault):
 
     def _exists(self, key: str) -> bool:
         return bool(self._redis.exists(key))
+
+    def _get(self, key: str) -> bytes | None:
+        return self._redis.get(key)
 
 
 @lru_cache(maxsize=1)

@@ -147,6 +147,25 @@ def test_keyless_vault_sees_and_discards_but_cannot_read_or_store():
     assert not keyed.has_card("s")
 
 
+def test_the_vault_copy_names_the_call_it_was_keyed_on_readable_without_the_key():
+    keyed, keyless = MemoryVault(b"k" * 32, 60), MemoryVault(None, 60)
+    keyless._items = keyed._items  # the same store, as Redis is for every process
+    assert keyless.keyed_on("s") is None
+    keyed.put("s", Card(PAN, "1230", "123"), keyed_on="call-1")
+    keyed.put("t", Card(PAN, "1230", "123"))  # the keypad simulator: no call
+    assert (keyless.keyed_on("s"), keyless.keyed_on("t")) == ("call-1", "")
+    assert keyed.has_card("s")  # reading the call does not consume the card
+    card, call = keyed.take_keyed("s")
+    assert (card.pan, call) == (PAN, "call-1")
+    # The call is authenticated: a copy relabelled for another call does not decrypt.
+    keyed.put("s", Card(PAN, "1230", "123"), keyed_on="call-1")
+    expires, blob = keyed._items[KEY_PREFIX + "s"]
+    keyed._items[KEY_PREFIX + "s"] = (expires, blob.replace(b"call-1", b"call-2", 1))
+    assert keyless.keyed_on("s") == "call-2"
+    with pytest.raises(Exception):  # noqa: B017 - cryptography's InvalidTag
+        keyed.take("s")
+
+
 def test_log_filter_redacts_named_card_fields_in_request_bodies():
     body = "card[number]=4242424242424242&card[exp_month]=12&card[exp_year]=2030&card[cvc]=123&amount=1250"
     redacted = redact_card_numbers(body)

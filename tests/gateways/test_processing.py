@@ -7,6 +7,7 @@ import pytest
 from gateways import processing
 from gateways.sandbox import adapter as sandbox
 from gateways.tasks import charge_attempt
+from securepay.card import Card
 from securepay.models import PaymentAttempt, Status
 from securepay.vault import get_vault
 from tests.gateways.conftest import key_card, open_card_entry, press_process_payment
@@ -83,6 +84,26 @@ def test_vault_empty_is_an_error_without_a_gateway_call(alpha, django_capture_on
     assert "key the card again" in attempt.message and session.status == Status.ERROR
     assert sandbox.charges_count() == 0
     assert sandbox.SandboxAdapter({"merchant_id": "alpha"}).reconcile(attempt.idempotency_key, reference="") is None
+
+
+def test_a_card_of_another_call_that_replaced_the_confirmed_one_is_not_charged(
+    alpha, django_capture_on_commit_callbacks
+):
+    """Between Process and the task, a copy keyed on another call (a key racing a claim) lands
+    in the vault: the task charges only the copy the attempt was started for."""
+    session = open_card_entry(alpha)
+    key_card(session, "4242424242424242")
+    with django_capture_on_commit_callbacks(execute=False) as enqueued:
+        attempt = press_process_payment(session)
+    assert attempt.card_keyed_on == ""  # keyed here without a call (as the keypad simulator does)
+    get_vault().put(str(session.pk), Card("5555555555554444", "1230", "123"), keyed_on="another-call")
+    for callback in enqueued:
+        callback()
+    attempt.refresh_from_db()
+
+    assert attempt.status == "error" and attempt.reason_code == "card_entry_expired"
+    assert sandbox.charges_count() == 0
+    assert not get_vault().has_card(str(session.pk))
 
 
 def test_redelivered_task_after_the_result_does_nothing(alpha, django_capture_on_commit_callbacks, monkeypatch):

@@ -32,7 +32,8 @@ from media.softphone import caller_packets, keypad_audio
 from securepay import calls as calls_module
 from securepay.calls import Call, CallNotLive, CallState, EndReason, MediaWorkerBeat, link_call, start_call
 from securepay.live import MediaHub
-from securepay.models import BreakReason, IllegalTransition, PaymentSession, SecureState
+from securepay.models import BreakReason, IllegalTransition, PaymentAttempt, PaymentSession, SecureState
+from securepay.payment import PaymentNotReady, request_payment
 from securepay.vault import generate_key, get_vault
 from tests.live.conftest import session_in_card_entry
 from tests.media.signals import FLAT_TONE_HZ, band_share
@@ -618,12 +619,12 @@ def test_keys_of_a_call_whose_session_was_just_claimed_elsewhere_are_dropped(alp
     assert one.links[str(old.pk)].session_id is None
 
 
-def test_a_card_completed_while_another_call_claims_the_session_is_taken_back_out_of_the_vault(
+def test_a_card_completed_while_another_call_claims_the_session_is_not_charged_for_it(
     alpha, two_workers, settings, monkeypatch
 ):
     """The old call's last key passed the 'still holds the session' check; the claim of the new
-    call (whose card entry discards any vault copy) commits before that key stores the card:
-    the worker asks again once the card is stored, and takes it back out of the vault."""
+    call commits before that key stores the card (after the new card entry discarded the vault
+    copy): the copy names the call it was keyed on, so Process refuses it for the new call."""
     settings.VAULT_KEY = generate_key()
     get_vault.cache_clear()
     one, two = two_workers
@@ -641,16 +642,17 @@ def test_a_card_completed_while_another_call_claims_the_session_is_taken_back_ou
         await start(two, new)
         await link(one, old, session)
         await caller_keys(one, old, keys[:-1])
-        assert not get_vault().has_card(session.pk)
         monkeypatch.setattr(one.hub, "press_key", claimed_during_the_last_key)
         await caller_keys(one, old, keys[-1], start_ms=200 * len(keys))
 
     try:
         run(scenario)
         assert Call.objects.get(pk=new.pk).session_id == session.pk
-        assert not get_vault().has_card(session.pk)  # not charged for the new call's empty card entry
-        assert not one.hub.is_linked(session.pk)
-        assert one.links[str(old.pk)].session_id is None
+        assert get_vault().keyed_on(session.pk) == str(old.pk)  # the old call's card landed
+        with pytest.raises(PaymentNotReady) as refused:
+            request_payment(PaymentSession.objects.get(pk=session.pk), "user:agent")
+        assert refused.value.code == "no_card"
+        assert not PaymentAttempt.objects.filter(session=session).exists()
     finally:
         get_vault.cache_clear()
 
