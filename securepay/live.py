@@ -149,6 +149,7 @@ class MediaHub:
         self.hub_id = uuid.uuid4().hex  # names this hub in `claimed` commands
         self._captures: dict[str, CardCapture] = {}
         self._claims: dict[str, int] = {}  # session -> the session event of its latest link here
+        self._entry_calls: dict[str, str] = {}  # session -> the call its card entry takes keys from
         self._lock = threading.RLock()
         self._listener: asyncio.Task | None = None
         self._listening: asyncio.Event | None = None
@@ -223,6 +224,7 @@ class MediaHub:
         (the secure state is recorded by whoever secures it next)."""
         with self._lock:
             self._claims.pop(str(session_id), None)
+            self._entry_calls.pop(str(session_id), None)
             capture = self._captures.pop(str(session_id), None)
             if capture is not None:
                 capture.set_secured(False)
@@ -270,6 +272,7 @@ class MediaHub:
                     self.release(session_id)
             elif command == "end":
                 self._claims.pop(session_id, None)
+                self._entry_calls.pop(session_id, None)
                 del self._captures[session_id]
                 get_vault().discard(session_id)
             else:
@@ -301,7 +304,12 @@ class MediaHub:
     # --- internals ----------------------------------------------------------------------
     def _capture_for(self, session: PaymentSession, claim: int, call_id: str) -> CardCapture:
         key = str(session.pk)
+        if key in self._captures and self._entry_calls.get(key) != call_id:
+            # Another call links the session here (the first one hung up; the keypad simulator):
+            # its card entry is a new one - its card is stored as that call's (see request_payment).
+            self._captures.pop(key).set_secured(False)
         if key not in self._captures:
+            self._entry_calls[key] = call_id
             vault = get_vault()
             # A new card entry starts empty: a card keyed on an earlier call (another worker,
             # one that restarted) must not be charged while the page shows empty fields -

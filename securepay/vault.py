@@ -25,7 +25,8 @@ from django.conf import settings
 
 from securepay.card import Card
 
-KEY_PREFIX = "securepay:vault:card2:"  # 2: the copy names its call (a copy of the old format is not read)
+KEY_PREFIX = "securepay:vault:card2:"  # 2: the copy names its call (a copy of the old format is not read ...
+LEGACY_KEY_PREFIX = "securepay:vault:card:"  # ... but discarded with the new one until its TTL has run out)
 NONCE_BYTES = 12
 
 
@@ -114,6 +115,7 @@ class Vault:
 
     def discard(self, session_id: str) -> None:
         self._pop(KEY_PREFIX + str(session_id))
+        self._pop(LEGACY_KEY_PREFIX + str(session_id))
 
     # storage primitives
     def _store(self, key: str, blob: bytes) -> None:

@@ -657,6 +657,61 @@ def test_a_card_completed_while_another_call_claims_the_session_is_not_charged_f
         get_vault.cache_clear()
 
 
+@pytest.mark.parametrize("first_call_ends_by", ["hangup", "rtp_timeout"])
+def test_a_call_linked_after_another_call_of_the_same_worker_ended_can_be_paid(
+    alpha, worker, hub, settings, first_call_ends_by
+):
+    """The first call leaves the session (no unlink: it is no longer live), a second call on
+    the same worker links it and the caller keys a card: a new card entry, stored as the
+    second call's - Process takes it."""
+    settings.VAULT_KEY = generate_key()
+    get_vault.cache_clear()
+    session = session_in_card_entry(alpha)
+    first, second = start_call(alpha.tenant), start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, first, second)
+        await link(worker, first, session)
+        await caller_keys(worker, first, "4242")
+        if first_call_ends_by == "hangup":
+            await event(worker, first, "hangup")
+        else:
+            await worker._end_call(str(first.pk), EndReason.RTP_TIMEOUT, BreakReason.LINK_LOST)
+        await link(worker, second, session)
+        await caller_keys(worker, second, "4242424242424242" + "1230" + "123", start_ms=10_000)
+
+    try:
+        run(scenario)
+        assert secure_state(session) == (SecureState.SECURED, "")
+        assert get_vault().keyed_on(session.pk) == str(second.pk)
+        attempt = request_payment(PaymentSession.objects.get(pk=session.pk), "user:agent")
+        assert attempt.card_keyed_on == str(second.pk)
+    finally:
+        get_vault.cache_clear()
+
+
+def test_keys_from_the_keypad_simulator_are_not_charged_as_a_live_calls_card(alpha, worker, hub, settings):
+    settings.VAULT_KEY = generate_key()
+    get_vault.cache_clear()
+    session = session_in_card_entry(alpha)
+    call = start_call(alpha.tenant)
+
+    async def scenario():
+        await start(worker, call)
+        await link(worker, call, session)
+
+    try:
+        run(scenario)
+        hub.link(session.pk)  # the demo's keypad simulator, while the call holds the session
+        for digit in "4242424242424242" + "1230" + "123":
+            hub.press_key(session.pk, digit)
+        assert get_vault().keyed_on(session.pk) == ""
+        with pytest.raises(PaymentNotReady):
+            request_payment(PaymentSession.objects.get(pk=session.pk), "user:agent")
+    finally:
+        get_vault.cache_clear()
+
+
 # --- workers gone for good --------------------------------------------------------------
 def test_the_sweep_ends_the_calls_of_a_worker_gone_for_good_and_unsecures_its_sessions(alpha, settings):
     settings.MEDIA_WORKER_LOST_SECONDS = 60
