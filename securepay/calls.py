@@ -258,7 +258,7 @@ def live_call_id(session_id) -> str:
 def held_by_no_live_call(session: PaymentSession) -> bool:
     """For a call that ended: no live call holds its session now (a later claim's call owns
     its secure state, and its worker records it)."""
-    return not Call.objects.filter(session_id=session.pk, state=CallState.LIVE).exists()
+    return not live_call_id(session.pk)
 
 
 class CallNotLive(Exception):

@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('securepay', '0005_session_barge'),
+        ("securepay", "0005_session_barge"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='paymentattempt',
-            name='card_keyed_on',
+            model_name="paymentattempt",
+            name="card_keyed_on",
             field=models.CharField(blank=True, max_length=64),
         ),
     ]
