@@ -65,6 +65,15 @@ def worker(hub):
     worker.relay.close()
 
 
+@pytest.fixture
+def keyed_vault(settings):
+    """A vault this process can store cards in (the worker's side), fresh for the test."""
+    settings.VAULT_KEY = generate_key()
+    get_vault.cache_clear()
+    yield get_vault()
+    get_vault.cache_clear()
+
+
 def secure_state(session: PaymentSession) -> tuple[str, str]:
     fresh = PaymentSession.objects.get(pk=session.pk)
     return fresh.secure_state, fresh.break_reason
@@ -620,13 +629,11 @@ def test_keys_of_a_call_whose_session_was_just_claimed_elsewhere_are_dropped(alp
 
 
 def test_a_card_completed_while_another_call_claims_the_session_is_not_charged_for_it(
-    alpha, two_workers, settings, monkeypatch
+    alpha, two_workers, keyed_vault, monkeypatch
 ):
     """The old call's last key passed the 'still holds the session' check; the claim of the new
     call commits before that key stores the card (after the new card entry discarded the vault
     copy): the copy names the call it was keyed on, so Process refuses it for the new call."""
-    settings.VAULT_KEY = generate_key()
-    get_vault.cache_clear()
     one, two = two_workers
     session = session_in_card_entry(alpha)
     old, new = start_call(alpha.tenant, worker_id="w-one"), start_call(alpha.tenant, worker_id="w-two")
@@ -645,27 +652,22 @@ def test_a_card_completed_while_another_call_claims_the_session_is_not_charged_f
         monkeypatch.setattr(one.hub, "press_key", claimed_during_the_last_key)
         await caller_keys(one, old, keys[-1], start_ms=200 * len(keys))
 
-    try:
-        run(scenario)
-        assert Call.objects.get(pk=new.pk).session_id == session.pk
-        assert get_vault().keyed_on(session.pk) == str(old.pk)  # the old call's card landed
-        with pytest.raises(PaymentNotReady) as refused:
-            request_payment(PaymentSession.objects.get(pk=session.pk), "user:agent")
-        assert refused.value.code == "no_card"
-        assert not PaymentAttempt.objects.filter(session=session).exists()
-    finally:
-        get_vault.cache_clear()
+    run(scenario)
+    assert Call.objects.get(pk=new.pk).session_id == session.pk
+    assert keyed_vault.keyed_on(session.pk) == str(old.pk)  # the old call's card landed
+    with pytest.raises(PaymentNotReady) as refused:
+        request_payment(PaymentSession.objects.get(pk=session.pk), "user:agent")
+    assert refused.value.code == "no_card"
+    assert not PaymentAttempt.objects.filter(session=session).exists()
 
 
 @pytest.mark.parametrize("first_call_ends_by", ["hangup", "rtp_timeout"])
 def test_a_call_linked_after_another_call_of_the_same_worker_ended_can_be_paid(
-    alpha, worker, hub, settings, first_call_ends_by
+    alpha, worker, hub, keyed_vault, first_call_ends_by
 ):
     """The first call leaves the session (no unlink: it is no longer live), a second call on
     the same worker links it and the caller keys a card: a new card entry, stored as the
     second call's - Process takes it."""
-    settings.VAULT_KEY = generate_key()
-    get_vault.cache_clear()
     session = session_in_card_entry(alpha)
     first, second = start_call(alpha.tenant), start_call(alpha.tenant)
 
@@ -680,19 +682,14 @@ def test_a_call_linked_after_another_call_of_the_same_worker_ended_can_be_paid(
         await link(worker, second, session)
         await caller_keys(worker, second, "4242424242424242" + "1230" + "123", start_ms=10_000)
 
-    try:
-        run(scenario)
-        assert secure_state(session) == (SecureState.SECURED, "")
-        assert get_vault().keyed_on(session.pk) == str(second.pk)
-        attempt = request_payment(PaymentSession.objects.get(pk=session.pk), "user:agent")
-        assert attempt.card_keyed_on == str(second.pk)
-    finally:
-        get_vault.cache_clear()
+    run(scenario)
+    assert secure_state(session) == (SecureState.SECURED, "")
+    assert keyed_vault.keyed_on(session.pk) == str(second.pk)
+    attempt = request_payment(PaymentSession.objects.get(pk=session.pk), "user:agent")
+    assert attempt.card_keyed_on == str(second.pk)
 
 
-def test_keys_from_the_keypad_simulator_are_not_charged_as_a_live_calls_card(alpha, worker, hub, settings):
-    settings.VAULT_KEY = generate_key()
-    get_vault.cache_clear()
+def test_keys_from_the_keypad_simulator_are_not_charged_as_a_live_calls_card(alpha, worker, hub, keyed_vault):
     session = session_in_card_entry(alpha)
     call = start_call(alpha.tenant)
 
@@ -700,16 +697,13 @@ def test_keys_from_the_keypad_simulator_are_not_charged_as_a_live_calls_card(alp
         await start(worker, call)
         await link(worker, call, session)
 
-    try:
-        run(scenario)
-        hub.link(session.pk)  # the demo's keypad simulator, while the call holds the session
-        for digit in "4242424242424242" + "1230" + "123":
-            hub.press_key(session.pk, digit)
-        assert get_vault().keyed_on(session.pk) == ""
-        with pytest.raises(PaymentNotReady):
-            request_payment(PaymentSession.objects.get(pk=session.pk), "user:agent")
-    finally:
-        get_vault.cache_clear()
+    run(scenario)
+    hub.link(session.pk)  # the demo's keypad simulator, while the call holds the session
+    for digit in "4242424242424242" + "1230" + "123":
+        hub.press_key(session.pk, digit)
+    assert keyed_vault.keyed_on(session.pk) == ""
+    with pytest.raises(PaymentNotReady):
+        request_payment(PaymentSession.objects.get(pk=session.pk), "user:agent")
 
 
 # --- workers gone for good --------------------------------------------------------------
