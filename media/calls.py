@@ -35,6 +35,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -123,6 +124,7 @@ RTCP_INTERVAL_S = 5.0
 # in flight: for this long they are dropped rather than taken for a switch back.
 STRAGGLER_S = 0.5
 NTP_EPOCH_OFFSET = 2_208_988_800
+_pack_header = RTP_HEADER.pack
 
 
 class OutboundStream:
@@ -144,7 +146,7 @@ class OutboundStream:
 
     def packet(self, payload_type: int, position: int, payload: bytes, marker: bool, now: float | None) -> bytes:
         """`position` is the media time in samples on this stream's own timeline."""
-        self.last_timestamp = (self.timestamp_base + position) & 0xFFFFFFFF
+        timestamp = self.last_timestamp = (self.timestamp_base + position) & 0xFFFFFFFF
         if now is not None:
             anchor = self.clock_anchor
             if anchor is None:
@@ -157,13 +159,12 @@ class OutboundStream:
                 # Behind all along, not for a late burst that caught up: its source lost that time.
                 self.clock_anchor, self.behind_since = (now, position), None
         self.last_sent_at = now
-        # The plain header (no CSRC, extension or padding), packed directly: this runs for every packet.
-        second = payload_type | (0x80 if marker or not self.packets else 0)
-        data = RTP_HEADER.pack(0x80, second, self.sequence, self.last_timestamp, self.ssrc) + payload
-        self.sequence = (self.sequence + 1) & 0xFFFF
-        self.packets += 1
+        sequence, packets = self.sequence, self.packets
+        self.sequence, self.packets = (sequence + 1) & 0xFFFF, packets + 1
         self.octets += len(payload)
-        return data
+        # The plain header (no CSRC, extension or padding), packed directly: this runs for every packet.
+        second = payload_type | 0x80 if marker or not packets else payload_type
+        return _pack_header(0x80, second, sequence, timestamp, self.ssrc) + payload
 
     def lead(self, position: int, now: float | None) -> int:
         """How far audio sent now at `position` would be ahead of real time, in samples (0:
@@ -391,18 +392,28 @@ class _Queued:
             self.fills.add(len(self.chunks))
         self.chunks.append(chunk)
 
-    def take(self) -> tuple[np.ndarray, list[int], set[int], set[int]]:
+    def take(self) -> tuple[np.ndarray, list[int], AbstractSet[int], AbstractSet[int]]:
         """(queued samples or codes cut to whole blocks, the packet sizes they came in, which of
         them filled a gap, which of them had the marker)."""
-        sizes, fills, markers = [chunk.size for chunk in self.chunks], self.fills, self.markers
-        if len(self.chunks) == 1 and not self.carry.size:
-            pcm = self.chunks[0]
+        chunks, fills, markers = self.chunks, self.fills, self.markers
+        if len(chunks) == 1 and not self.carry.size:
+            pcm = chunks[0]  # one packet of whole blocks: nearly always
+            if not pcm.size % BLOCK:
+                chunks.clear()
+                if fills or markers:
+                    self.fills, self.markers = set(), set()
+                    return pcm, [pcm.size], fills, markers
+                return pcm, [pcm.size], _NONE, _NONE
         else:
-            pcm = np.concatenate([self.carry, *self.chunks])
+            pcm = np.concatenate([self.carry, *chunks])
+        sizes = [chunk.size for chunk in chunks]
         usable = pcm.size - pcm.size % BLOCK
         self.carry = pcm[usable:]
         self.chunks, self.fills, self.markers = [], set(), set()
         return pcm[:usable], sizes, fills, markers
+
+
+_NONE: AbstractSet[int] = frozenset()  # no fills, no markers: shared, never changed
 
 
 class CallAudioBatch:
@@ -462,38 +473,52 @@ class CallAudioBatch:
         self._agents[call] = call.agent_audio
 
     def flush(self) -> dict[Call, Received]:
-        """Run the DSP over everything queued; what each call sends, and its keys."""
+        """Run the DSP over everything queued; what each call sends, and its keys (per call:
+        the relay takes `flush_in_pushes` as it comes, this is for a Call on its own and tests)."""
+        owner = {leg: call for queued in (self._callers, self._agents) for call in queued for leg in call.legs}
         results: dict[Call, Received] = {}
-        for pushed in self.flush_in_pushes():
-            for call, received in pushed.items():
+        for datagrams, keyed in self.flush_in_pushes():
+            for leg, data in datagrams:
+                results.setdefault(owner[leg], Received()).datagrams.append((leg, data))
+            for call, received in keyed.items():
                 results.setdefault(call, Received()).extend(received)
         return results
 
-    def flush_in_pushes(self) -> Iterator[dict[Call, Received]]:
-        """As flush, one DSP push at a time: the relay sends each push's packets
-        before running the next push."""
+    def flush_in_pushes(self) -> Iterator[tuple[list[tuple[Leg, bytes]], dict[Call, Received]]]:
+        """Run the DSP one push at a time: per push, what its calls send (all of them in one
+        list: the relay sends each push's packets before running the next push) and the
+        calls that completed keys, with those keys."""
         callers, self._callers = self._callers, {}
         agents, self._agents = self._agents, {}
+        masker = self.masker
         for group in _by_length(callers, by_codec=True):
             rows = np.array([call.mask_slot for call, *_ in group])
             codec = group[0][0].codec  # one per push: decoded and encoded at once
             pcm = codec.decode(np.stack([codes for _call, codes, *_ in group]))
-            masked = self.masker.push_rows(rows, pcm)
+            masked = masker.push_rows(rows, pcm)
             encoded = codec.encode(masked)
-            results: dict[Call, Received] = {}
+            out = Received()
             for index, (call, _codes, sizes, fills, markers) in enumerate(group):
-                received = results[call] = Received()
-                presses = self.masker.drain_key_presses(call.mask_slot)
-                call.deliver_masked(masked[index], encoded[index], sizes, fills, markers, presses, received)
-            yield results
+                call.deliver_masked(masked[index], encoded[index], sizes, fills, markers, out)
+            keyed: dict[Call, Received] = {}
+            if masker.last_pressed:
+                for call, *_ in group:
+                    if call.mask_slot in masker.last_pressed:
+                        presses = call.caller_keys.accept(masker.drain_key_presses(call.mask_slot))
+                        if presses:
+                            keyed[call] = Received(caller_keys=presses)
+            yield out.datagrams, keyed
         for group in _by_length(agents):
             rows = np.array([call.detector_slot for call, *_ in group])
             presses = self.detector.feed_rows(rows, np.stack([pcm for _call, pcm, *_ in group]))
-            yield {
-                call: Received(agent_keys=call.agent_keys.accept(done))
-                for (call, *_), done in zip(group, presses, strict=True)
-                if done and call.listen_for_agent_code
-            }
+            yield (
+                [],
+                {
+                    call: Received(agent_keys=call.agent_keys.accept(done))
+                    for (call, *_), done in zip(group, presses, strict=True)
+                    if done and call.listen_for_agent_code
+                },
+            )
 
 
 # Rows per DSP push. Per-row cost is lowest around 64 rows (all calls keying, this
@@ -505,10 +530,10 @@ MAX_ROWS_PER_PUSH = 64
 
 def _by_length(
     queues: dict[Call, _Queued], by_codec: bool = False
-) -> list[list[tuple[Call, np.ndarray, list[int], set[int], set[int]]]]:
+) -> list[list[tuple[Call, np.ndarray, list[int], AbstractSet[int], AbstractSet[int]]]]:
     """Queued audio taken and grouped by length (and codec: queues of codes), one
     push per group, at most MAX_ROWS_PER_PUSH rows."""
-    groups: dict[tuple[int, str], list[tuple[Call, np.ndarray, list[int], set[int], set[int]]]] = {}
+    groups: dict[tuple[int, str], list[tuple[Call, np.ndarray, list[int], AbstractSet[int], AbstractSet[int]]]] = {}
     for call, queued in queues.items():
         if call.mask_slot is None:
             continue  # the call ended meanwhile
@@ -604,11 +629,13 @@ class Call:
         except MalformedPacket as exc:
             self._drop(exc.reason)
             return out
-        if packet.payload_type not in (self.codec.payload_type, self.event_payload_type):
+        audio = packet.payload_type == self.codec.payload_type
+        if audio:
+            if not 0 < len(packet.payload) <= MAX_AUDIO_SAMPLES:
+                self._drop("oversized" if packet.payload else "short")
+                return out
+        elif packet.payload_type != self.event_payload_type:
             self._drop("payload_type")
-            return out
-        if packet.payload_type == self.codec.payload_type and not 0 < len(packet.payload) <= MAX_AUDIO_SAMPLES:
-            self._drop("oversized" if packet.payload else "short")
             return out
         if packet.ssrc != leg.ssrc:
             if packet.ssrc == leg.previous_ssrc and now - leg.ssrc_since < STRAGGLER_S:
@@ -620,15 +647,13 @@ class Call:
             leg.stats = ReceptionStats(packet.ssrc, packet.sequence)
         self.last_activity = now
         leg.received += 1
-        audio = packet.payload_type == self.codec.payload_type
         leg.stats.packet(packet.sequence, packet.timestamp, now if audio else None, SAMPLE_RATE)
+        handle = self._from_caller if leg is self.caller else self._from_agent if leg is self.agent else None
         for ordered in leg.reorder.push(packet):
-            if leg is self.caller:
-                self._from_caller(ordered, out, now)
-            elif leg is self.agent:
-                self._from_agent(ordered, out, now)
-            else:
+            if handle is None:
                 self._from_supervisor(leg, ordered, out)
+            else:
+                handle(ordered, out, now)
         if self.audio.immediate and self.audio.pending:
             for received in self.audio.flush().values():
                 out.extend(received)
@@ -701,20 +726,17 @@ class Call:
         masked: np.ndarray,
         codes: np.ndarray,
         sizes: list[int],
-        fills: set[int],
-        markers: set[int],
-        presses: list[KeyPress],
+        fills: AbstractSet[int],
+        markers: AbstractSet[int],
         out: Received,
     ) -> None:
         """The batch masked this call's queued caller audio (`codes`: encoded in
         the call's codec): send it on, one packet per inbound packet (the sizes
-        they came in; `markers`: which had the marker bit), and take the keys. A packet
+        they came in; `markers`: which had the marker bit). A packet
         of silence that only filled a gap is not sent (a flat tone or held-back audio in
         it is): the legs' timestamps jump over it, as over the sender's own silence
         suppression, and the next packet sent has the marker bit (RFC 3550 5.1: the first
         packet after a silence period)."""
-        if presses:
-            out.caller_keys += self.caller_keys.accept(presses)
         if len(sizes) == 1 and not fills:  # one packet in, one out: nearly always
             self._send_caller_audio(masked, codes, bool(markers), out)
             return
@@ -764,7 +786,8 @@ class Call:
         payload = packet.payload
         size = len(payload)  # G.711: one byte a sample
         position, gap, skip = timeline.fit(packet.timestamp, size, now)
-        barge = self.caller.mix_in.take(size, keep=MIX_WAIT_SAMPLES)  # rides on the agent's packet
+        # A barging supervisor's voice rides on the agent's packet.
+        barge = self.caller.mix_in.take(size, keep=MIX_WAIT_SAMPLES) if self.caller.mix_in.queued else None
         if self.listen_for_agent_code or self.supervisors or barge is not None:
             pcm = self.codec.decode(payload)  # only when someone needs the samples
             if self.listen_for_agent_code:
@@ -820,22 +843,29 @@ class Call:
         stream paused, out of its place by now), or if what the leg would hear is quiet while
         its stream is ahead of real time: the lead is paid back in the caller's quiet moments, a
         noisy line included, not only at its next pause. A key's flat tone is never quiet."""
-        keep = None if position is None else MIX_WAIT_SAMPLES  # on the main stream: it flows, no backlog
-        other = leg.mix_in.take(pcm.size, keep) if leg.mix_in.queued else None
-        heard = mix(pcm, other)
-        if other is not None or payload is None:
+        mix_in = leg.mix_in
+        if mix_in.queued:
+            # On the main stream, at most MIX_WAIT_SAMPLES stay queued: it flows, no backlog.
+            other = mix_in.take(pcm.size, None if position is None else MIX_WAIT_SAMPLES)
+            heard = mix(pcm, other)
             payload = self.codec.encode(heard).tobytes()
-        if position is not None:
-            leg.main_sent_at = self.last_activity
-            if position < leg.out_position and (late or self._skippable(leg, heard)):
-                leg.marker_pending = leg.marker_pending or marker
-                return
-        if position is None or position < leg.out_position:
+        else:
+            heard = pcm
+            if payload is None:
+                payload = self.codec.encode(pcm).tobytes()
+        now = self.last_activity
+        if position is None:
             position = leg.out_position
+        else:
+            leg.main_sent_at = now
+            if position < leg.out_position:
+                if late or self._skippable(leg, heard):
+                    leg.marker_pending = leg.marker_pending or marker
+                    return
+                position = leg.out_position
         if leg.marker_pending:
             marker, leg.marker_pending = True, False
-        packet = leg.outbound.packet(self.codec.payload_type, position, payload, marker, self.last_activity)
-        out.datagrams.append((leg, packet))
+        out.datagrams.append((leg, leg.outbound.packet(self.codec.payload_type, position, payload, marker, now)))
         leg.out_position = position + pcm.size
 
     def _forward(

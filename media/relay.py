@@ -68,7 +68,7 @@ class Relay:
         self.audio = CallAudioBatch()
         self._legs: dict[tuple[str, str], _LegSocket] = {}
         self._by_fd: dict[int, _LegSocket] = {}
-        self._sockets: dict[Leg, socket.socket] = {}  # the hot path's lookup: by leg object
+        self._sockets: dict[Leg, _LegSocket] = {}  # the hot path's lookup: by leg object
         self._epoll: select.epoll | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_flush = 0.0
@@ -93,7 +93,7 @@ class Relay:
         entry = _LegSocket(sock, call, leg)
         self._legs[(call.call_id, leg.name)] = entry
         self._by_fd[sock.fileno()] = entry
-        self._sockets[leg] = sock
+        self._sockets[leg] = entry
         self.calls[call.call_id] = call
         return sock.getsockname()[1]
 
@@ -118,7 +118,7 @@ class Relay:
         entry = self._legs.pop((call.call_id, leg_name), None)
         if entry is not None:
             self._by_fd.pop(entry.sock.fileno(), None)
-            if self._sockets.get(entry.leg) is entry.sock:
+            if self._sockets.get(entry.leg) is entry:
                 del self._sockets[entry.leg]
             self._epoll.unregister(entry.sock.fileno())
         return entry
@@ -198,17 +198,18 @@ class Relay:
             self._flush_timer = None
         self._last_flush = time.monotonic()
         try:
-            for results in self.audio.flush_in_pushes():
-                for call, received in results.items():
+            for datagrams, keyed in self.audio.flush_in_pushes():
+                self._send(datagrams)
+                for call, received in keyed.items():
                     if call.call_id in self.calls:
-                        self._deliver(call, received)
+                        self.on_keys(call, received)
         except Exception:  # as for one packet: log, count, keep the worker serving
             self.errors += 1
             logger.exception("media batch of %d calls dropped", len(self.calls))
 
     def _deliver(self, call: Call, received: Received) -> None:
         if received.datagrams:
-            self._send(call, received.datagrams)
+            self._send(received.datagrams)
         if received.caller_keys or received.agent_keys:
             self.on_keys(call, received)
 
@@ -217,7 +218,7 @@ class Relay:
         """RTCP sender reports of every call that is due one."""
         now, wall = time.monotonic(), time.time()
         for call in list(self.calls.values()):
-            self._send(call, call.sender_reports(now, wall))
+            self._send(call.sender_reports(now, wall))
 
     def idle_calls(self, timeout_s: float, started: dict[str, float]) -> list[str]:
         """Calls with no valid packet for timeout_s (counted from `started` before the first)."""
@@ -228,12 +229,15 @@ class Relay:
             if now - (call.last_activity or started.get(call_id, now)) > timeout_s
         ]
 
-    def _send(self, call: Call, datagrams: list[tuple[Leg, bytes]]) -> None:
+    def _send(self, datagrams: list[tuple[Leg, bytes]]) -> None:
+        """Send to legs of any calls; a leg closed meanwhile, or with no peer yet, gets nothing."""
+        sockets = self._sockets
         for leg, data in datagrams:
-            sock = self._sockets.get(leg)
-            if sock is None or leg.peer is None:
+            entry = sockets.get(leg)
+            if entry is None or leg.peer is None:
                 continue
             try:
-                sock.sendto(data, leg.peer)
+                entry.sock.sendto(data, leg.peer)
             except OSError:  # full buffer, or ICMP error from the peer: that packet is lost, as on the wire
-                call.dropped["send_error"] = call.dropped.get("send_error", 0) + 1
+                dropped = entry.call.dropped
+                dropped["send_error"] = dropped.get("send_error", 0) + 1
