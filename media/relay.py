@@ -52,10 +52,18 @@ def tune_gc_for_relaying() -> None:
 
 
 class _LegSocket:
-    __slots__ = ("sock", "call", "leg")
+    """A leg's socket. Once a packet from the leg's peer was accepted, the socket is connected
+    to it: the kernel then drops other sources' packets before they cost the worker anything
+    (an RTP flood aimed at the port included), and reading and sending skip the address
+    handling. Until then, and until the datagrams queued before the connect are read
+    (`filtered`), each datagram's source is checked and a foreign one counted."""
+
+    __slots__ = ("sock", "call", "leg", "connected", "filtered")
 
     def __init__(self, sock: socket.socket, call: Call, leg: Leg) -> None:
         self.sock, self.call, self.leg = sock, call, leg
+        self.connected: tuple | None = None  # the peer address it is connected to
+        self.filtered = False
 
 
 class Relay:
@@ -153,43 +161,75 @@ class Relay:
     # --- receiving ----------------------------------------------------------
     def _on_ready(self) -> None:
         now = time.monotonic()
+        audio, by_fd = self.audio, self._by_fd
         for fd, _events in self._epoll.poll(0):
-            entry = self._by_fd.get(fd)
+            entry = by_fd.get(fd)
             if entry is None:
                 continue
             # One datagram per ready socket and wake-up: no second read that would only
             # fail with EAGAIN, and a flood on one leg cannot starve the others (epoll is
             # level-triggered: a socket with more waiting is reported again at once).
+            call, leg = entry.call, entry.leg
             try:
-                data, addr = entry.sock.recvfrom(RECEIVE_SIZE)
+                if entry.filtered:
+                    data = entry.sock.recv(RECEIVE_SIZE)  # from the peer: the kernel saw to that
+                else:
+                    data = self._read_checked(entry)
+                    if data is None:
+                        continue
             except BlockingIOError:
                 continue
             except OSError:  # ICMP port unreachable from a peer that went away: the RTP timeout handles it
-                entry.call.dropped["socket_error"] = entry.call.dropped.get("socket_error", 0) + 1
+                call.dropped["socket_error"] = call.dropped.get("socket_error", 0) + 1
                 continue
-            self.on_datagram(entry.call, entry.leg, data, addr, now)
-            if self.audio.full_push_queued:
+            try:
+                received = call.receive(leg, data, now)
+            except Exception:  # a bug must cost one packet, not every call of the worker
+                self._packet_failed(call, leg)
+                continue
+            if received.datagrams:
+                self._send(received.datagrams)
+            if received.caller_keys or received.agent_keys:
+                self.on_keys(call, received)
+            if audio.full_push_queued:
                 # A backlog (the loop was busy): mask and send what is read so far before
                 # reading on, so the first packets do not wait for the last of hundreds.
                 self.flush()
-        if self.audio.pending and self._flush_timer is None:
+        if audio.pending and self._flush_timer is None:
             due = self._last_flush + BATCH_INTERVAL_S
             if now >= due:
                 self.flush()
             else:
                 self._flush_timer = self._loop.call_at(due, self.flush)
 
-    def on_datagram(self, call: Call, leg: Leg, data: bytes, addr: tuple[str, int], now: float) -> None:
+    @staticmethod
+    def _read_checked(entry: _LegSocket) -> bytes | None:
+        """A datagram from a socket the kernel does not filter yet, if its source is the leg's
+        peer (the first source, if none was given: latched); None, counted, if not. The first
+        one accepted connects the socket; it is filtered once nothing from before is queued."""
+        data, addr = entry.sock.recvfrom(RECEIVE_SIZE)
+        leg = entry.leg
         if not leg.accept_source(addr):
-            call.dropped["foreign_source"] = call.dropped.get("foreign_source", 0) + 1
-            return
+            entry.call.dropped["foreign_source"] = entry.call.dropped.get("foreign_source", 0) + 1
+            return None
+        if entry.connected is None:
+            try:
+                entry.sock.connect(leg.peer)
+            except OSError as exc:  # left unconnected: every datagram is checked, as before the connect
+                logger.warning("call %s: leg %s not connected to %s: %s", entry.call.call_id, leg.name, leg.peer, exc)
+                return data
+            entry.connected = leg.peer
         try:
-            received = call.receive(leg, data, now)
-        except Exception:  # a bug must cost one packet, not every call of the worker
-            self.errors += 1
-            logger.exception("call %s: packet from %s dropped", call.call_id, leg.name)
-            return
-        self._deliver(call, received)
+            entry.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            entry.filtered = True  # nothing queued from before the connect
+        except OSError:  # an error report queued (ICMP): it was consumed; look again next time
+            pass
+        return data
+
+    def _packet_failed(self, call: Call, leg: Leg) -> None:
+        self.errors += 1
+        logger.exception("call %s: packet from %s dropped", call.call_id, leg.name)
 
     def flush(self) -> None:
         """Mask and detect everything the calls queued; send it on."""
@@ -206,12 +246,6 @@ class Relay:
         except Exception:  # as for one packet: log, count, keep the worker serving
             self.errors += 1
             logger.exception("media batch of %d calls dropped", len(self.calls))
-
-    def _deliver(self, call: Call, received: Received) -> None:
-        if received.datagrams:
-            self._send(received.datagrams)
-        if received.caller_keys or received.agent_keys:
-            self.on_keys(call, received)
 
     # --- housekeeping ---------------------------------------------------------
     def send_reports(self) -> None:
@@ -237,7 +271,10 @@ class Relay:
             if entry is None or leg.peer is None:
                 continue
             try:
-                entry.sock.sendto(data, leg.peer)
+                if entry.connected == leg.peer:
+                    entry.sock.send(data)
+                else:  # nothing accepted from the peer yet
+                    entry.sock.sendto(data, leg.peer)
             except OSError:  # full buffer, or ICMP error from the peer: that packet is lost, as on the wire
                 dropped = entry.call.dropped
                 dropped["send_error"] = dropped.get("send_error", 0) + 1
