@@ -52,18 +52,10 @@ def tune_gc_for_relaying() -> None:
 
 
 class _LegSocket:
-    """A leg's socket. Once a packet from the leg's peer was accepted, the socket is connected
-    to it: the kernel then drops other sources' packets before they cost the worker anything
-    (an RTP flood aimed at the port included), and reading and sending skip the address
-    handling. Until then, and until the datagrams queued before the connect are read
-    (`filtered`), each datagram's source is checked and a foreign one counted."""
-
-    __slots__ = ("sock", "call", "leg", "connected", "filtered")
+    __slots__ = ("sock", "call", "leg")
 
     def __init__(self, sock: socket.socket, call: Call, leg: Leg) -> None:
         self.sock, self.call, self.leg = sock, call, leg
-        self.connected: tuple | None = None  # the peer address it is connected to
-        self.filtered = False
 
 
 class Relay:
@@ -171,21 +163,20 @@ class Relay:
             # level-triggered: a socket with more waiting is reported again at once).
             call, leg = entry.call, entry.leg
             try:
-                if entry.filtered:
-                    data = entry.sock.recv(RECEIVE_SIZE)  # from the peer: the kernel saw to that
-                else:
-                    data = self._read_checked(entry)
-                    if data is None:
-                        continue
+                data, addr = entry.sock.recvfrom(RECEIVE_SIZE)
             except BlockingIOError:
                 continue
             except OSError:  # ICMP port unreachable from a peer that went away: the RTP timeout handles it
                 call.dropped["socket_error"] = call.dropped.get("socket_error", 0) + 1
                 continue
+            if addr != leg.peer and not leg.accept_source(addr):  # the latched peer's address: nearly always
+                call.dropped["foreign_source"] = call.dropped.get("foreign_source", 0) + 1
+                continue
             try:
                 received = call.receive(leg, data, now)
             except Exception:  # a bug must cost one packet, not every call of the worker
-                self._packet_failed(call, leg)
+                self.errors += 1
+                logger.exception("call %s: packet from %s dropped", call.call_id, leg.name)
                 continue
             if received.datagrams:
                 self._send(received.datagrams)
@@ -201,35 +192,6 @@ class Relay:
                 self.flush()
             else:
                 self._flush_timer = self._loop.call_at(due, self.flush)
-
-    @staticmethod
-    def _read_checked(entry: _LegSocket) -> bytes | None:
-        """A datagram from a socket the kernel does not filter yet, if its source is the leg's
-        peer (the first source, if none was given: latched); None, counted, if not. The first
-        one accepted connects the socket; it is filtered once nothing from before is queued."""
-        data, addr = entry.sock.recvfrom(RECEIVE_SIZE)
-        leg = entry.leg
-        if not leg.accept_source(addr):
-            entry.call.dropped["foreign_source"] = entry.call.dropped.get("foreign_source", 0) + 1
-            return None
-        if entry.connected is None:
-            try:
-                entry.sock.connect(leg.peer)
-            except OSError as exc:  # left unconnected: every datagram is checked, as before the connect
-                logger.warning("call %s: leg %s not connected to %s: %s", entry.call.call_id, leg.name, leg.peer, exc)
-                return data
-            entry.connected = leg.peer
-        try:
-            entry.sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            entry.filtered = True  # nothing queued from before the connect
-        except OSError:  # an error report queued (ICMP): it was consumed; look again next time
-            pass
-        return data
-
-    def _packet_failed(self, call: Call, leg: Leg) -> None:
-        self.errors += 1
-        logger.exception("call %s: packet from %s dropped", call.call_id, leg.name)
 
     def flush(self) -> None:
         """Mask and detect everything the calls queued; send it on."""
@@ -271,10 +233,7 @@ class Relay:
             if entry is None or leg.peer is None:
                 continue
             try:
-                if entry.connected == leg.peer:
-                    entry.sock.send(data)
-                else:  # nothing accepted from the peer yet
-                    entry.sock.sendto(data, leg.peer)
+                entry.sock.sendto(data, leg.peer)
             except OSError:  # full buffer, or ICMP error from the peer: that packet is lost, as on the wire
                 dropped = entry.call.dropped
                 dropped["send_error"] = dropped.get("send_error", 0) + 1
