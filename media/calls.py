@@ -473,8 +473,9 @@ class CallAudioBatch:
         self._agents[call] = call.agent_audio
 
     def flush(self) -> dict[Call, Received]:
-        """Run the DSP over everything queued; what each call sends, and its keys (per call:
-        the relay takes `flush_in_pushes` as it comes, this is for a Call on its own and tests)."""
+        """Run the DSP over everything queued; what each call that sent something or completed
+        keys sends, and its keys (per call: the relay takes `flush_in_pushes` as it comes, this
+        is for a Call on its own and tests)."""
         owner = {leg: call for queued in (self._callers, self._agents) for call in queued for leg in call.legs}
         results: dict[Call, Received] = {}
         for datagrams, keyed in self.flush_in_pushes():
@@ -501,9 +502,9 @@ class CallAudioBatch:
             for index, (call, _codes, sizes, fills, markers) in enumerate(group):
                 call.deliver_masked(masked[index], encoded[index], sizes, fills, markers, out)
             keyed: dict[Call, Received] = {}
-            if masker.last_pressed:
+            if masker.pressed_slots:
                 for call, *_ in group:
-                    if call.mask_slot in masker.last_pressed:
+                    if call.mask_slot in masker.pressed_slots:
                         presses = call.caller_keys.accept(masker.drain_key_presses(call.mask_slot))
                         if presses:
                             keyed[call] = Received(caller_keys=presses)

@@ -603,8 +603,8 @@ class BatchStreamingMasker:
     grouped with other streams', and equal to a StreamingMasker fed the same
     chunks.  After push_rows, ``last_masked`` is (len(rows), m), row j for slot
     rows[j].  ``push`` is push_rows of every active slot, in slot order.
-    ``last_pressed``: the slots whose key presses ended in the last push (what
-    ``drain_key_presses`` returns for them; no other slot has any new).
+    ``pressed_slots``: the slots with key presses not drained yet
+    (``drain_key_presses``); any other slot's drain would return nothing.
 
     Slots: the n_streams slots start active.  ``remove_stream(i)`` frees a slot
     (its rows are then ignored on input, zero on output, and it does not
@@ -636,7 +636,7 @@ class BatchStreamingMasker:
         self._active = np.ones(n_streams, dtype=bool)
         self._presses: list[list[KeyPress]] = [[] for _ in range(n_streams)]
         self.last_masked = np.zeros((n_streams, frame), dtype=bool)
-        self.last_pressed: set[int] = set()  # slots whose key presses ended in the last push
+        self.pressed_slots: set[int] = set()  # slots with key presses not drained yet
 
     @property
     def n_streams(self) -> int:
@@ -692,6 +692,7 @@ class BatchStreamingMasker:
         self._active[index] = False
         self._core.reset_stream(index)  # an idle slot costs no Python work
         presses, self._presses[index] = self._presses[index], []
+        self.pressed_slots.discard(index)
         return presses
 
     def push(self, block: np.ndarray) -> np.ndarray:
@@ -725,11 +726,10 @@ class BatchStreamingMasker:
 
     def _push(self, rows: np.ndarray | None, block: np.ndarray) -> np.ndarray:
         presses, out, self.last_masked = self._core.push(block, block.shape[1], rows)
-        self.last_pressed = set()
         for j, found in presses.items():
             slot = j if rows is None else int(rows[j])
             self._presses[slot].extend(found)
-            self.last_pressed.add(slot)
+            self.pressed_slots.add(slot)
         return out
 
     def note_event(self, index: int, start_ms: float, end_ms: float | None) -> None:
@@ -741,6 +741,7 @@ class BatchStreamingMasker:
         """Key presses the receiver decoded in slot `index` since the last drain."""
         self._check(index)
         presses, self._presses[index] = self._presses[index], []
+        self.pressed_slots.discard(index)
         return presses
 
     def _check(self, index: int) -> None:

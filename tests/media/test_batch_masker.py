@@ -190,6 +190,22 @@ def test_reused_slot_starts_a_new_stream_from_scratch():
     assert batch.drain_key_presses(0) == presses and [k.digit for k in presses] == ["5"]
 
 
+def test_pressed_slots_name_the_slots_with_presses_to_drain_until_drained_or_removed():
+    seq = sequence("5", lead_ms=100, on_ms=80)
+    x = np.concatenate([seq.pcm(), np.zeros(1600, dtype=np.int16)])
+    x = x[: x.size - x.size % 160]
+    batch = BatchStreamingMasker(3)
+    silent = np.zeros(160, dtype=np.int16)
+    seen = set()
+    for pos in range(0, x.size, 160):
+        batch.push(np.stack([silent, x[pos : pos + 160], x[pos : pos + 160]]))
+        seen |= batch.pressed_slots
+    assert seen == batch.pressed_slots == {1, 2}  # kept until drained, whatever came after
+    assert [k.digit for k in batch.drain_key_presses(1)] == ["5"] and batch.pressed_slots == {2}
+    batch.remove_stream(2)
+    assert batch.pressed_slots == set() and batch.drain_key_presses(0) == []
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         BatchStreamingMasker(2, frame=150)  # not whole 2.5 ms blocks
