@@ -33,6 +33,7 @@ BYE when it goes away (`goodbye`); incoming RTCP is not relayed.
 from __future__ import annotations
 
 import random
+import struct
 from collections import deque
 from collections.abc import Callable, Iterator
 from collections.abc import Set as AbstractSet
@@ -125,6 +126,7 @@ RTCP_INTERVAL_S = 5.0
 STRAGGLER_S = 0.5
 NTP_EPOCH_OFFSET = 2_208_988_800
 _pack_header = RTP_HEADER.pack
+_PLAIN_HEADER = struct.Struct("!xBHII")  # an RTP header's fields after its first byte (0x80: plain)
 
 
 class OutboundStream:
@@ -621,6 +623,10 @@ class Call:
 
     # --- input ------------------------------------------------------------
     def receive(self, leg: Leg, data: bytes, now: float) -> Received:
+        if len(data) > RTP_HEADER.size and data[0] == 0x80 and not self.audio.immediate:
+            out = self._receive_in_line(leg, data, now)
+            if out is not None:
+                return out
         out = Received()
         if is_rtcp(data):
             self._receive_rtcp(leg, data, now)
@@ -658,6 +664,43 @@ class Call:
         if self.audio.immediate and self.audio.pending:
             for received in self.audio.flush().values():
                 out.extend(received)
+        return out
+
+    def _receive_in_line(self, leg: Leg, data: bytes, now: float) -> Received | None:
+        """The common packet in one step, exactly as `receive` handles it: audio in the call's
+        codec with a plain header, of the leg's current stream, next in sequence and in time,
+        from the caller (no RFC 4733 press in progress) or from the agent (relayed as it is: no
+        code listened for, no supervisor, no barge audio to mix in). Any other packet: None,
+        and nothing changed. Per packet this saves the general path's layers (~1.5 us)."""
+        second, sequence, timestamp, ssrc = _PLAIN_HEADER.unpack_from(data)
+        size = len(data) - RTP_HEADER.size
+        timeline = leg.timeline
+        position = timeline.next_position
+        if (
+            second & 0x7F != self.codec.payload_type
+            or ssrc != leg.ssrc
+            or size > MAX_AUDIO_SAMPLES
+            or timeline.base is None
+            or (timestamp - timeline.base) & 0xFFFFFFFF != position
+        ):
+            return None
+        if leg is self.caller:
+            tracker = self.caller_keys.tracker
+            if tracker is not None and tracker.pressing:
+                return None  # a press of events may expire with this audio
+        elif leg is not self.agent or self.listen_for_agent_code or self.supervisors or self.caller.mix_in.queued:
+            return None
+        if not leg.reorder.release_next(sequence):
+            return None
+        self.last_activity = timeline.last_audio_at = now
+        timeline.next_position = position + size
+        leg.received += 1
+        leg.stats.packet(sequence, timestamp, now, SAMPLE_RATE)
+        out = Received()
+        if leg is self.caller:
+            self.audio.queue_caller(self, np.frombuffer(data, dtype=np.uint8, offset=RTP_HEADER.size), second > 0x7F)
+        else:
+            self._forward(self.caller, second & 0x7F, second > 0x7F, position, data[RTP_HEADER.size :], out, size)
         return out
 
     def _receive_rtcp(self, leg: Leg, data: bytes, now: float) -> None:
@@ -782,7 +825,7 @@ class Call:
                 except ValueError:
                     self._drop("event_payload")
                     return
-            self._forward(self.caller, packet, position, packet.payload, out)
+            self._forward(self.caller, packet.payload_type, packet.marker, position, packet.payload, out)
             return
         payload = packet.payload
         size = len(payload)  # G.711: one byte a sample
@@ -803,7 +846,7 @@ class Call:
                 self._send_if_main_stream_silent(supervisor, pcm.size, out)
             if barge is not None:
                 payload = self.codec.encode(mix(pcm, barge)).tobytes()
-        self._forward(self.caller, packet, position, payload, out, samples=size)
+        self._forward(self.caller, packet.payload_type, packet.marker, position, payload, out, samples=size)
 
     def _from_supervisor(self, leg: Leg, packet: RtpPacket, out: Received) -> None:
         if leg.mode != BARGE or packet.payload_type != self.codec.payload_type:
@@ -870,7 +913,14 @@ class Call:
         leg.out_position = position + pcm.size
 
     def _forward(
-        self, leg: Leg, packet: RtpPacket, position: int, payload: bytes, out: Received, samples: int = 0
+        self,
+        leg: Leg,
+        payload_type: int,
+        marker: bool,
+        position: int,
+        payload: bytes,
+        out: Received,
+        samples: int = 0,
     ) -> None:
         """Relay a packet with our own SSRC/sequence; timestamps keep the sender's
         spacing. Audio (`samples` > 0), and a new telephone-event, never start before
@@ -879,7 +929,6 @@ class Call:
         timestamps are shifted past it. The shift is paid back, outside key presses, at the
         sender's next pause and by skipping its quiet audio, so the lead does not add up."""
         position += leg.forward_offset
-        marker = packet.marker
         if samples:
             leg.main_sent_at = self.last_activity
             if position < leg.out_position:
@@ -901,14 +950,14 @@ class Call:
                 marker, leg.marker_pending = True, False
         else:
             leg.event_forwarded_at = self.last_activity
-            if packet.marker and leg.forwarded_until < leg.out_position and position < leg.out_position:
+            if marker and leg.forwarded_until < leg.out_position and position < leg.out_position:
                 # A new telephone-event behind audio we sent on our own since this sender's last
                 # audio (it was silent): it starts now, and the rest of its press with it.
                 leg.forward_offset += leg.out_position - position
                 position = leg.out_position
             if len(payload) >= 4:  # RFC 4733: the duration so far, in samples, from the event's start
                 leg.event_until = max(leg.event_until, position + int.from_bytes(payload[2:4], "big"))
-        data = leg.outbound.packet(packet.payload_type, position, payload, marker, self.last_activity)
+        data = leg.outbound.packet(payload_type, position, payload, marker, self.last_activity)
         out.datagrams.append((leg, data))
 
     def _skippable(self, leg: Leg, heard: np.ndarray | bytes) -> bool:

@@ -36,8 +36,7 @@ class ReorderBuffer:
 
     def push(self, packet: RtpPacket) -> list[RtpPacket]:
         """Add one packet; return the packets now due, in order."""
-        if packet.sequence == self._expected and not self._held:
-            self._expected = (packet.sequence + 1) % SEQ_MOD  # in order, nothing waiting: most packets
+        if self.release_next(packet.sequence):
             return [packet]
         if self._expected is None:
             self._expected = packet.sequence
@@ -60,6 +59,14 @@ class ReorderBuffer:
             self._expected = oldest
             released += self._release_in_order()
         return released
+
+    def release_next(self, sequence: int) -> bool:
+        """Whether a packet with this sequence number is due at once (the next expected,
+        nothing waiting: most packets); if so it counts as released (push would return it)."""
+        if sequence == self._expected and not self._held:
+            self._expected = (sequence + 1) % SEQ_MOD
+            return True
+        return False
 
     def flush(self) -> list[RtpPacket]:
         """Release everything held, in order (end of stream)."""
