@@ -671,7 +671,8 @@ class Call:
         codec with a plain header, of the leg's current stream, next in sequence and in time,
         from the caller (no RFC 4733 press in progress) or from the agent (relayed as it is: no
         code listened for, no supervisor, no barge audio to mix in). Any other packet: None,
-        and nothing changed. Per packet this saves the general path's layers (~1.5 us)."""
+        and nothing changed. Per packet this saves the general path's layers (~1.5 us).
+        The caller's audio is queued as a view of `data`: it must be immutable (bytes)."""
         second, sequence, timestamp, ssrc = _PLAIN_HEADER.unpack_from(data)
         size = len(data) - RTP_HEADER.size
         timeline = leg.timeline
