@@ -43,7 +43,7 @@ from report import machine, write_section  # noqa: E402
 
 from media.calls import Call  # noqa: E402
 from media.masker import HOLDBACK_MS, BatchStreamingMasker  # noqa: E402
-from media.relay import Relay, tune_gc_for_relaying  # noqa: E402
+from media.relay import RECEIVE_SIZE, Relay, tune_gc_for_relaying  # noqa: E402
 from media.softphone import caller_packets, keypad_audio, silence_packets  # noqa: E402
 
 KEYS = "4242424242424242#1228123"
@@ -147,12 +147,70 @@ def serve(calls: int, conn) -> None:
                 big_buffers(relay.leg_socket(call, leg.name))
             ports.append(tuple(legs))
         conn.send(ports)
-        loop = asyncio.get_running_loop()
-        cpu_start = time.process_time()
-        await loop.run_in_executor(None, conn.recv)  # the generator is done
-        cpu = time.process_time() - cpu_start
-        conn.send({"cpu_s": cpu, "rss_per_call_kib": (rss_kib() - before) / calls, "keys": keys,
+        cpu = await cpu_until_done(conn)
+        conn.send({**cpu, "rss_per_call_kib": (rss_kib() - before) / calls, "keys": keys,
                    "errors": relay.errors, "calibration_us": calibration})  # fmt: skip
+
+    asyncio.run(run())
+
+
+async def cpu_until_done(conn) -> dict:
+    """Wait (in the event loop) for the generator to finish; the CPU the process
+    spent meanwhile, in all and in the kernel."""
+    loop = asyncio.get_running_loop()
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    await loop.run_in_executor(None, conn.recv)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    return {"cpu_s": user + system, "sys_s": system}
+
+
+def serve_sockets_only(calls: int, conn) -> None:
+    """The floor under any relay written in Python: the worker's sockets, epoll set
+    and event loop as `media.relay.Relay` has them, but each datagram is only read
+    and sent on to the other leg's phone - no parsing, masking or detection. Its
+    CPU is what the socket calls alone cost at a step (it detects no keys)."""
+    os.sched_setaffinity(0, {WORKER_CPU})
+    enough_files(2 * calls)
+    calibration = calibrate()
+
+    async def run() -> None:
+        epoll = select.epoll()
+        sockets, other, peers, ports = {}, {}, {}, []
+        for _ in range(calls):
+            pair = []
+            for _leg in ("caller", "agent"):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.setblocking(False)
+                sock.bind((HOST, 0))
+                big_buffers(sock)
+                epoll.register(sock.fileno(), select.EPOLLIN)
+                sockets[sock.fileno()] = sock
+                pair.append(sock)
+            other[pair[0].fileno()], other[pair[1].fileno()] = pair[1], pair[0]
+            ports.append(tuple(sock.getsockname()[1] for sock in pair))
+
+        def on_ready() -> None:  # Relay._on_ready's reading, without the call
+            for fd, _events in epoll.poll(0):
+                try:
+                    data, addr = sockets[fd].recvfrom(RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue
+                peers[fd] = addr  # the phone's address, as a leg latches it
+                to = other[fd]
+                peer = peers.get(to.fileno())
+                if peer is not None:
+                    try:
+                        to.sendto(data, peer)
+                    except OSError:
+                        pass
+
+        loop = asyncio.get_running_loop()
+        loop.add_reader(epoll.fileno(), on_ready)
+        conn.send(ports)
+        cpu = await cpu_until_done(conn)
+        loop.remove_reader(epoll.fileno())
+        conn.send({**cpu, "rss_per_call_kib": 0, "keys": None, "errors": 0, "calibration_us": calibration})
 
     asyncio.run(run())
 
@@ -284,7 +342,7 @@ def step(calls: int, keys: str = KEYS, worker=serve) -> dict:
     delays = load["delays_ms"]
     p99 = float(np.percentile(delays, 99)) if delays.size else float("inf")
     p50 = float(np.percentile(delays, 50)) if delays.size else float("inf")
-    keys_ok = all(count == len(keys) for count in report["keys"])
+    keys_ok = report["keys"] is not None and all(count == len(keys) for count in report["keys"])
     saturated = load["late_p99_ms"] > GENERATOR_LATE_MS
     passed = load["lost"] == 0 and p99 <= DELAY_BUDGET_MS and keys_ok and not report["errors"]
     return {
@@ -294,6 +352,7 @@ def step(calls: int, keys: str = KEYS, worker=serve) -> dict:
         "p50_ms": round(p50, 1),
         "p99_ms": round(p99, 1),
         "worker_core_share": round(report["cpu_s"] / load["wall_s"], 3),
+        "worker_sys_share": round(report["sys_s"] / load["wall_s"], 3),
         "cpu_ms_per_call_second": round(1000 * report["cpu_s"] / (calls * load["audio_s"]), 2),
         "rss_kib_per_call": round(report["rss_per_call_kib"]),
         "keys_detected_ok": keys_ok,
@@ -307,9 +366,25 @@ def step(calls: int, keys: str = KEYS, worker=serve) -> dict:
     }
 
 
-def markdown(results: list[dict], keys: str = KEYS) -> str:
+def floor_text(floor: dict | None) -> str:
+    """What the sockets alone cost at the target (serve_sockets_only), as a sentence."""
+    if floor is None:
+        return ""
+    dsp = floor["calibration_us"] * floor["calls"] / (INTERVAL_S * 1e6)  # us per call-frame x frames per s
+    return (
+        f"\nFloor: the same load at {floor['calls']} calls against a worker that only reads each datagram and "
+        f"sends it on (`serve_sockets_only`: the relay's sockets, epoll set and event loop, no call logic) took "
+        f"{floor['worker_core_share']:.0%} of the core ({floor['worker_sys_share']:.0%} in the kernel; "
+        f"{floor['cpu_ms_per_call_second']} ms per call-second, core speed {floor['calibration_us']} us). "
+        f"Everything a call does besides its socket calls has to fit in what is left of the core. At that core "
+        f"speed the batch masker alone would take {dsp:.0%} of the core for {floor['calls']} callers keying."
+    )
+
+
+def markdown(results: list[dict], keys: str = KEYS, floor: dict | None = None) -> str:
     rows = "\n".join(
         f"| {r['calls']} | {r['lost']} | {r['p50_ms']} | {r['p99_ms']} | {r['worker_core_share']:.0%} | "
+        f"{r['worker_sys_share']:.0%} | "
         f"{r['cpu_ms_per_call_second']} | {r['rss_kib_per_call']} | {'yes' if r['keys_detected_ok'] else 'NO'} | "
         f"{r['generator_late_p99_ms']} | {r['generator_late_max_ms']} | {r['generator_core_share']:.0%} | "
         f"{r['calibration_us']} | {r['result']} |"
@@ -346,8 +421,9 @@ def markdown(results: list[dict], keys: str = KEYS) -> str:
             f"call-second ({top['worker_core_share']:.0%} of its core)."
         )
     rss = max((r["rss_kib_per_call"] for r in results), default=0)
-    columns = ("calls", "lost", "p50 ms", "p99 ms", "worker core", "CPU ms per call-s", "RSS KiB per call",
-               "keys ok", "gen. late p99 ms", "gen. late max ms", "gen. core", "core speed us", "result")  # fmt: skip
+    columns = ("calls", "lost", "p50 ms", "p99 ms", "worker core", "of it kernel", "CPU ms per call-s",
+               "RSS KiB per call", "keys ok",
+               "gen. late p99 ms", "gen. late max ms", "gen. core", "core speed us", "result")  # fmt: skip
     header = f"| {' | '.join(columns)} |\n|{' --- |' * len(columns)}"
     return f"""## Media worker: secured calls per core (`bench/media_worker.py`)
 
@@ -376,6 +452,7 @@ marked "(core slowed)" and run once more; the repeat decides.
 **{claim} concurrent secured calls per core** with no loss, every key detected and p99 <= {DELAY_BUDGET_MS:.0f} ms
 (target >= {TARGET_CALLS}: {met}).{cost}
 {ending}
+{floor_text(floor)}
 Memory per call: at most {rss} KiB (target <= 1 MB: {"met" if rss <= 1024 else "not met"}).
 For comparison: rtpengine 10.5 (C, Debian) masking in-band tones with a 40 ms delay buffer adds ~42 ms and
 still leaves 8 % of digits decodable on our test material; here the added delay is the fixed 30 ms hold-back
@@ -386,6 +463,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-write", action="store_true", help="Print the results only.")
     parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS))
+    parser.add_argument(
+        "--floor-calls",
+        type=int,
+        default=TARGET_CALLS,
+        help="Also run the sockets-only worker at this many calls (0: not at all).",
+    )
     parser.add_argument(
         "--duration",
         type=float,
@@ -412,8 +495,12 @@ def main() -> None:
             results.append(result)
         if not result["passed"]:
             break
+    floor = None
+    if args.floor_calls:
+        floor = step(args.floor_calls, keys, worker=serve_sockets_only)
+        print(json.dumps({"floor": floor}), flush=True)
     if not args.no_write:
-        write_section("media", markdown(results, keys))
+        write_section("media", markdown(results, keys, floor))
 
 
 if __name__ == "__main__":
