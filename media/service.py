@@ -37,8 +37,9 @@ hangup has already ended the row and unsecured the session in the API (the
 worker may be gone) - the worker stops relaying. No RTP for
 MEDIA_RTP_TIMEOUT_SECONDS tears the call down (`link_lost`), and so does a call
 of this worker it never relayed (its start message was lost), at its next sign
-of life (MediaWorkerBeat, every BEAT_INTERVAL_S; the API starts calls only on a
-worker seen lately). A worker that starts ends the calls a previous run left
+of life (MediaWorkerBeat, every BEAT_INTERVAL_S, with the share of its core the
+event loop's thread used since the last: the API starts calls only on a worker seen
+lately and not busy). A worker that starts ends the calls a previous run left
 live and unsecures their open sessions and every session it had secured
 (`link_lost`) - never silently secure. Masking of the caller's key tones never
 depends on any of this: every call is masked, always, as its tenant chose
@@ -53,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -94,6 +96,23 @@ CAPTURE_KEYS = DIGITS | {CLEAR_KEY, END_KEY}
 CODE_LENGTH = 4
 TICK_S = 0.5
 BEAT_TICKS = round(BEAT_INTERVAL_S / TICK_S)  # the API and the recovery sweep go by these signs of life
+
+
+class LoadMeter:
+    """Share of one core the calling thread used between two readings: the worker reads
+    it on its event loop's thread, where every packet is relayed and masked (database
+    work runs in other threads and does not delay audio)."""
+
+    def __init__(
+        self, cpu: Callable[[], float] = time.thread_time, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._cpu, self._clock = cpu, clock
+        self._last = (cpu(), clock())
+
+    def read(self) -> float:
+        cpu, now = self._cpu(), self._clock()
+        (last_cpu, last_now), self._last = self._last, (cpu, now)
+        return (cpu - last_cpu) / (now - last_now) if now > last_now else 0.0
 
 
 def worker_group(worker_id: str) -> str:
@@ -141,6 +160,7 @@ class MediaWorker:
         self._jobs: asyncio.Queue = asyncio.Queue()
         self._job_running = False
         self._ticks = 0
+        self._load: LoadMeter | None = None  # made on the event loop's thread, in run()
         self.ready = asyncio.Event()
 
     @property
@@ -153,6 +173,7 @@ class MediaWorker:
     async def run(self) -> None:
         """Recover, then serve until cancelled."""
         await database_sync_to_async(self.recover)()
+        self._load = LoadMeter()
         await self.hub.ensure_listening()
         layer = get_channel_layer()
         channel = await layer.new_channel("media.worker.")
@@ -175,7 +196,8 @@ class MediaWorker:
     def recover(self) -> None:
         """A previous run's live calls are gone: end them, unsecure their open sessions
         and every session it had secured (the API may have moved a row to another session)."""
-        MediaWorkerBeat.beat(self.worker_id)  # alive: the recovery sweep leaves its calls alone
+        # Alive: the recovery sweep leaves its calls alone; idle: the load of a previous run is not ours.
+        MediaWorkerBeat.beat(self.worker_id, load=0.0)
         lost: set[str] = set()
         for row in CallRow.objects.filter(worker_id=self.worker_id, state=CallState.LIVE).select_related("session"):
             row.end(EndReason.WORKER_RESTART)
@@ -209,7 +231,7 @@ class MediaWorker:
     def _tick_once(self) -> None:
         self._ticks += 1
         if self._ticks % BEAT_TICKS == 0:
-            self._jobs.put_nowait(self._beat())
+            self._jobs.put_nowait(self._beat(self._load.read() if self._load else None))
         self.relay.send_reports()
         started = {call_id: link.started for call_id, link in self.links.items()}
         for call_id in self.relay.idle_calls(self.rtp_timeout_s, started):
@@ -221,13 +243,14 @@ class MediaWorker:
                 # The session ended (agent, API): a barging supervisor may hear the caller again.
                 call.session_open = self.hub.is_linked(link.session_id)
 
-    async def _beat(self) -> None:
-        await database_sync_to_async(self._sign_of_life)()
+    async def _beat(self, load: float | None = None) -> None:
+        await database_sync_to_async(self._sign_of_life)(load)
 
-    def _sign_of_life(self) -> None:
-        """A sign of life; calls of this worker it does not relay (their start message was
-        lost) end once they are older than the RTP timeout, as a silent call would."""
-        MediaWorkerBeat.beat(self.worker_id)
+    def _sign_of_life(self, load: float | None) -> None:
+        """A sign of life with the worker's load (the API starts no call on a busy worker);
+        calls of this worker it does not relay (their start message was lost) end once they
+        are older than the RTP timeout, as a silent call would."""
+        MediaWorkerBeat.beat(self.worker_id, load)
         cutoff = timezone.now() - timedelta(seconds=self.rtp_timeout_s)
         rows = CallRow.objects.filter(worker_id=self.worker_id, state=CallState.LIVE, created_at__lt=cutoff)
         for pk in rows.values_list("pk", flat=True):

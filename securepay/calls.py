@@ -53,6 +53,10 @@ class WorkerUnavailable(Exception):
     """The media worker is not running (no recent sign of life, or it failed to start)."""
 
 
+class WorkerBusy(Exception):
+    """The media worker is at its limit: another call would delay the audio of every call it relays."""
+
+
 class SupervisorConflict(Exception):
     """A supervisor leg cannot change so: `code` says why (the API's 409)."""
 
@@ -271,22 +275,40 @@ class MediaWorkerBeat(models.Model):
 
     worker_id = models.CharField(max_length=64, primary_key=True)
     seen_at = models.DateTimeField()
+    # Share of one core the worker's relaying thread used between its last two beats.
+    load = models.FloatField(default=0.0)
 
     def __str__(self) -> str:
-        return f"media worker {self.worker_id} (seen {self.seen_at:%Y-%m-%d %H:%M:%S})"
+        return f"media worker {self.worker_id} (seen {self.seen_at:%Y-%m-%d %H:%M:%S}, load {self.load:.0%})"
 
     @classmethod
-    def beat(cls, worker_id: str) -> None:
-        cls.objects.update_or_create(worker_id=worker_id, defaults={"seen_at": timezone.now()})
+    def beat(cls, worker_id: str, load: float | None = None) -> None:
+        """A sign of life; `load` when the worker has measured one (not at its start)."""
+        fields = {"seen_at": timezone.now()} if load is None else {"seen_at": timezone.now(), "load": load}
+        cls.objects.update_or_create(worker_id=worker_id, defaults=fields)
+
+    def refuse_another_call(self) -> None:
+        """Raise WorkerBusy when a new call would overload the worker: its measured load at
+        MEDIA_WORKER_MAX_LOAD, or its live calls at MEDIA_WORKER_MAX_CALLS (0: no such cap).
+        Past a core's capacity every call's audio is late, then lost; refusing the next call
+        keeps the calls already relayed whole (the integration can try another worker)."""
+        if self.load >= settings.MEDIA_WORKER_MAX_LOAD:
+            raise WorkerBusy(
+                f"media worker {self.worker_id} is busy ({self.load:.0%} of its core in use, "
+                f"limit {settings.MEDIA_WORKER_MAX_LOAD:.0%})"
+            )
+        cap = settings.MEDIA_WORKER_MAX_CALLS
+        if cap and Call.objects.filter(worker_id=self.worker_id, state=CallState.LIVE).count() >= cap:
+            raise WorkerBusy(f"media worker {self.worker_id} relays {cap} calls, its limit (MEDIA_WORKER_MAX_CALLS)")
 
     @classmethod
     def seen_within(cls, seconds: float, now: datetime | None = None) -> models.QuerySet:
         return cls.objects.filter(seen_at__gte=(now or timezone.now()) - timedelta(seconds=seconds))
 
     @classmethod
-    def is_alive(cls, worker_id: str) -> bool:
-        """Seen within the last WORKER_UNAVAILABLE_BEATS beats."""
-        return cls.seen_within(BEAT_INTERVAL_S * WORKER_UNAVAILABLE_BEATS).filter(worker_id=worker_id).exists()
+    def alive(cls, worker_id: str) -> models.QuerySet:
+        """The worker's row if it was seen within the last WORKER_UNAVAILABLE_BEATS beats."""
+        return cls.seen_within(BEAT_INTERVAL_S * WORKER_UNAVAILABLE_BEATS).filter(worker_id=worker_id)
 
 
 def end_calls_of_lost_workers(now: datetime | None = None) -> int:
@@ -330,11 +352,11 @@ def ports_in_use(worker_id: str) -> set[int]:
 
 
 def allocate_ports(worker_id: str, count: int) -> list[int]:
-    """`count` ports of the worker's range not held by its live calls.
-
-    Two API processes may pick the same port in a rare race; the worker then
-    fails to bind and ends the call (`bind_failed`) rather than mixing calls.
-    """
+    """`count` ports of the worker's range not held by its live calls. Call it inside a
+    transaction: the worker's row stays locked to its end, so two API processes adding
+    calls or supervisor legs cannot pick the same port (were it taken all the same,
+    the worker fails to bind it rather than mixing calls)."""
+    MediaWorkerBeat.objects.select_for_update().filter(worker_id=worker_id).first()
     used = ports_in_use(worker_id)
     low, high = settings.MEDIA_RTP_PORT_MIN, settings.MEDIA_RTP_PORT_MAX
     free_count = high - low + 1 - len(used)
@@ -372,11 +394,15 @@ def tell_worker(call: Call, message: dict) -> None:
 def start_call(tenant: Tenant, worker_id: str | None = None, **fields) -> Call:
     """Allocate the ports, write the row, have the worker (default: MEDIA_WORKER_ID)
     bind them. Raises WorkerUnavailable (no recent sign of life: a call nobody relays
-    would only look live) or NoFreePort."""
+    would only look live), WorkerBusy or NoFreePort."""
     worker_id = worker_id or settings.MEDIA_WORKER_ID
-    if not MediaWorkerBeat.is_alive(worker_id):
-        raise WorkerUnavailable(f"media worker {worker_id} is not running")
     with transaction.atomic():
+        # The worker's row, locked: starts on one worker take turns, so its call cap
+        # and its free ports are counted with no other start in between.
+        beat = MediaWorkerBeat.alive(worker_id).select_for_update().first()
+        if beat is None:
+            raise WorkerUnavailable(f"media worker {worker_id} is not running")
+        beat.refuse_another_call()
         caller_port, agent_port = allocate_ports(worker_id, 2)
         call = Call.objects.create(
             tenant=tenant, worker_id=worker_id, host=settings.MEDIA_RTP_HOST,

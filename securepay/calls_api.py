@@ -30,6 +30,7 @@ from securepay.calls import (
     NoFreePort,
     SupervisorConflict,
     UnknownCode,
+    WorkerBusy,
     WorkerUnavailable,
     link_call,
     start_call,
@@ -47,8 +48,11 @@ NO_KEY = {
 }
 UNAVAILABLE = OpenApiResponse(
     ErrorSerializer,
-    description="`worker_unavailable`: the media worker is not running; `no_free_port`: no RTP port left.",
+    description="`worker_unavailable`: the media worker is not running; `worker_busy`: it is at its limit "
+    "(MEDIA_WORKER_MAX_LOAD of its core in use, or MEDIA_WORKER_MAX_CALLS live calls), try again or elsewhere; "
+    "`no_free_port`: no RTP port left.",
 )
+NO_FREE_PORT = OpenApiResponse(ErrorSerializer, description="`no_free_port`: no RTP port left for the leg.")
 
 
 class HasApiKey(permissions.BasePermission):
@@ -218,6 +222,8 @@ class CallListCreateView(CallView):
             call = start_call(request_tenant(request), **incoming.validated_data)
         except WorkerUnavailable as exc:
             return unavailable("worker_unavailable", str(exc))
+        except WorkerBusy as exc:
+            return unavailable("worker_busy", str(exc))
         except NoFreePort as exc:
             return unavailable("no_free_port", str(exc))
         return Response(CallSerializer(call).data, status=status.HTTP_201_CREATED)
@@ -312,7 +318,7 @@ class CallSupervisorListView(CallView):
             409: OpenApiResponse(
                 ErrorSerializer, description="`call_ended`, `barged_during_session`, `supervisor_exists`."
             ),
-            503: UNAVAILABLE,
+            503: NO_FREE_PORT,
         },
     )
     def post(self, request: Request, call_id) -> Response:

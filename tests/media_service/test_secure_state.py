@@ -16,7 +16,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from gateways.recovery import recover_stuck_work
@@ -831,7 +831,8 @@ def test_the_caller_keys_sound_as_the_tenant_chose(alpha, worker, masking):
 def test_a_barging_supervisor_hears_no_caller_while_the_link_is_still_being_recorded(alpha, worker, monkeypatch):
     session = session_in_card_entry(alpha)
     call = start_call(alpha.tenant)
-    (port,) = calls_module.allocate_ports(WORKER_ID, 1)
+    with transaction.atomic():  # the worker's row is locked while ports are picked
+        (port,) = calls_module.allocate_ports(WORKER_ID, 1)
     sue = {"mode": "barge", "port": port, "address": ""}
     Call.objects.filter(pk=call.pk).update(session=session, supervisors={"sue": sue})  # linked before it started
     session_open_seen = []

@@ -13,7 +13,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from securepay.calls import Call, CallState, EndReason
+from securepay.calls import Call, CallState, EndReason, MediaWorkerBeat
 from securepay.live import hub
 from securepay.models import BreakReason, PaymentSession
 from securepay.vault import generate_key, get_vault
@@ -100,4 +100,14 @@ def test_with_no_media_worker_running_it_fails_with_one_line_and_starts_no_call(
     with pytest.raises(CommandError) as failed:
         simulate(session)
     assert str(failed.value) == "media worker main is not running (is `manage.py media_worker` running?)"
+    assert not Call.objects.exists()
+
+
+def test_on_a_busy_media_worker_it_fails_with_one_line_and_starts_no_call(alpha, settings):
+    settings.MEDIA_WORKER_MODE = "external"
+    MediaWorkerBeat.beat("main", load=0.95)  # running, but its core is nearly full
+    session = open_session(alpha)
+    with pytest.raises(CommandError) as failed:
+        simulate(session)
+    assert str(failed.value) == "media worker main is busy (95% of its core in use, limit 70%)"
     assert not Call.objects.exists()

@@ -35,6 +35,7 @@ from securepay.calls import (
     CallState,
     NoFreePort,
     UnknownCode,
+    WorkerBusy,
     WorkerUnavailable,
     link_call,
     start_call,
@@ -133,7 +134,7 @@ class Command(OperatorCommand):
             return start_call(
                 tenant, worker_id=worker.worker_id if worker else None, codec=codec, reference="simulate_call"
             )
-        except NoFreePort as exc:
+        except (NoFreePort, WorkerBusy) as exc:
             raise self.fail(str(exc))
         except WorkerUnavailable as exc:
             raise self.fail(f"{exc} (is `manage.py media_worker` running?)")

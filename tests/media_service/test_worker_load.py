@@ -1,0 +1,74 @@
+"""A media worker's load: measured on its event loop's thread, carried by each sign of
+life, read by the API before it starts a call there (tests/media_service/test_calls_api.py)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from media import service
+from media.service import LoadMeter, MediaWorker
+from securepay.calls import MediaWorkerBeat
+from securepay.live import MediaHub
+
+WORKER_ID = "load-test"
+
+
+def spin(seconds: float) -> None:
+    """Use the CPU in this thread for `seconds` of its own CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_the_meter_reads_the_share_of_a_core_its_own_thread_used():
+    meter = LoadMeter()
+    spin(0.2)
+    busy = meter.read()
+    other = threading.Thread(target=spin, args=(0.2,))  # as the worker's database threads
+    other.start()
+    time.sleep(0.2)
+    other.join()
+    idle = meter.read()
+    assert busy > 0.3, busy  # ~1 on an idle core; a busy CI machine may share it
+    assert idle < 0.2, idle  # asleep: the other thread's CPU is not this thread's
+
+
+def test_the_meter_divides_cpu_time_by_the_time_between_readings():
+    cpu, clock = iter([1.0, 1.5, 1.5]), iter([10.0, 12.0, 12.0])
+    meter = LoadMeter(cpu=lambda: next(cpu), clock=lambda: next(clock))
+    assert meter.read() == 0.25
+    assert meter.read() == 0.0  # no time passed: no reading to make
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_sign_of_life_carries_the_load_measured_since_the_last(settings):
+    worker = MediaWorker(WORKER_ID, "127.0.0.1", 30, MediaHub())
+    try:
+        MediaWorkerBeat.beat(WORKER_ID)
+        cpu, clock = iter([0.0, 0.3]), iter([0.0, 5.0])
+        worker._load = LoadMeter(cpu=lambda: next(cpu), clock=lambda: next(clock))
+        worker._ticks = service.BEAT_TICKS - 1  # the next tick beats
+
+        async def tick_and_beat() -> None:
+            worker._tick_once()
+            await worker._jobs.get_nowait()
+
+        async_to_sync(tick_and_beat)()
+        assert MediaWorkerBeat.objects.get(worker_id=WORKER_ID).load == pytest.approx(0.06)
+    finally:
+        worker.relay.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_that_starts_again_is_not_held_to_the_load_of_its_last_run():
+    MediaWorkerBeat.beat(WORKER_ID, load=0.95)  # its last run was busy, then stopped
+    worker = MediaWorker(WORKER_ID, "127.0.0.1", 30, MediaHub())
+    try:
+        worker.recover()  # the start of its new run: it relays no call yet
+        assert MediaWorkerBeat.objects.get(worker_id=WORKER_ID).load == 0.0
+    finally:
+        worker.relay.close()
