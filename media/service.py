@@ -37,9 +37,9 @@ hangup has already ended the row and unsecured the session in the API (the
 worker may be gone) - the worker stops relaying. No RTP for
 MEDIA_RTP_TIMEOUT_SECONDS tears the call down (`link_lost`), and so does a call
 of this worker it never relayed (its start message was lost), at its next sign
-of life (MediaWorkerBeat, every BEAT_INTERVAL_S, with the share of its core the
-event loop's thread used since the last: the API starts calls only on a worker seen
-lately and not busy). A worker that starts ends the calls a previous run left
+of life (MediaWorkerBeat, every BEAT_INTERVAL_S, with the share of a core the process
+used since the last: the API starts calls only on a worker seen lately and not busy).
+A worker that starts ends the calls a previous run left
 live and unsecures their open sessions and every session it had secured
 (`link_lost`) - never silently secure. Masking of the caller's key tones never
 depends on any of this: every call is masked, always, as its tenant chose
@@ -99,12 +99,13 @@ BEAT_TICKS = round(BEAT_INTERVAL_S / TICK_S)  # the API and the recovery sweep g
 
 
 class LoadMeter:
-    """Share of one core the calling thread used between two readings: the worker reads
-    it on its event loop's thread, where every packet is relayed and masked (database
-    work runs in other threads and does not delay audio)."""
+    """Share of one core the process used between two readings. All of its threads count:
+    the database work the worker runs in threads holds the GIL as the event loop would,
+    so it delays the audio just the same. (Time the host steals from the process, or
+    other processes on its core, do not show here.)"""
 
     def __init__(
-        self, cpu: Callable[[], float] = time.thread_time, clock: Callable[[], float] = time.monotonic
+        self, cpu: Callable[[], float] = time.process_time, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._cpu, self._clock = cpu, clock
         self._last = (cpu(), clock())
@@ -160,7 +161,7 @@ class MediaWorker:
         self._jobs: asyncio.Queue = asyncio.Queue()
         self._job_running = False
         self._ticks = 0
-        self._load: LoadMeter | None = None  # made on the event loop's thread, in run()
+        self._load: LoadMeter | None = None  # from run(): a worker that is not running measures nothing
         self.ready = asyncio.Event()
 
     @property

@@ -275,7 +275,7 @@ class MediaWorkerBeat(models.Model):
 
     worker_id = models.CharField(max_length=64, primary_key=True)
     seen_at = models.DateTimeField()
-    # Share of one core the worker's relaying thread used between its last two beats.
+    # Share of one core the worker's process used between its last two beats.
     load = models.FloatField(default=0.0)
 
     def __str__(self) -> str:
@@ -288,18 +288,22 @@ class MediaWorkerBeat(models.Model):
         cls.objects.update_or_create(worker_id=worker_id, defaults=fields)
 
     def refuse_another_call(self) -> None:
-        """Raise WorkerBusy when a new call would overload the worker: its measured load at
-        MEDIA_WORKER_MAX_LOAD, or its live calls at MEDIA_WORKER_MAX_CALLS (0: no such cap).
-        Past a core's capacity every call's audio is late, then lost; refusing the next call
-        keeps the calls already relayed whole (the integration can try another worker)."""
+        """Raise WorkerBusy when the worker has no room for a new call: its load at its last
+        beat at MEDIA_WORKER_MAX_LOAD, or its live calls at MEDIA_WORKER_MAX_CALLS (0: no
+        such cap). Past a core's capacity every call's audio is late, then lost; refusing
+        the next call keeps the calls already relayed whole. The load is a 5 s average that
+        new calls raise only once their audio flows: a burst of calls inside one beat is
+        held back by the cap alone."""
         if self.load >= settings.MEDIA_WORKER_MAX_LOAD:
             raise WorkerBusy(
                 f"media worker {self.worker_id} is busy ({self.load:.0%} of its core in use, "
                 f"limit {settings.MEDIA_WORKER_MAX_LOAD:.0%})"
             )
         cap = settings.MEDIA_WORKER_MAX_CALLS
-        if cap and Call.objects.filter(worker_id=self.worker_id, state=CallState.LIVE).count() >= cap:
-            raise WorkerBusy(f"media worker {self.worker_id} relays {cap} calls, its limit (MEDIA_WORKER_MAX_CALLS)")
+        if cap and (live := Call.objects.filter(worker_id=self.worker_id, state=CallState.LIVE).count()) >= cap:
+            raise WorkerBusy(
+                f"media worker {self.worker_id} relays {live} calls, its limit is {cap} (MEDIA_WORKER_MAX_CALLS)"
+            )
 
     @classmethod
     def seen_within(cls, seconds: float, now: datetime | None = None) -> models.QuerySet:
@@ -352,10 +356,12 @@ def ports_in_use(worker_id: str) -> set[int]:
 
 
 def allocate_ports(worker_id: str, count: int) -> list[int]:
-    """`count` ports of the worker's range not held by its live calls. Call it inside a
-    transaction: the worker's row stays locked to its end, so two API processes adding
-    calls or supervisor legs cannot pick the same port (were it taken all the same,
-    the worker fails to bind it rather than mixing calls)."""
+    """`count` ports of the worker's range not held by its live calls. Inside a transaction
+    only: the worker's row stays locked to its end, so two API processes adding calls or
+    supervisor legs to a worker that is running cannot pick the same port (were one taken
+    all the same, the worker fails to bind it rather than mixing calls)."""
+    if transaction.get_autocommit():
+        raise RuntimeError("allocate_ports needs a transaction: its lock must last until the ports are written")
     MediaWorkerBeat.objects.select_for_update().filter(worker_id=worker_id).first()
     used = ports_in_use(worker_id)
     low, high = settings.MEDIA_RTP_PORT_MIN, settings.MEDIA_RTP_PORT_MAX

@@ -49,7 +49,7 @@ NO_KEY = {
 UNAVAILABLE = OpenApiResponse(
     ErrorSerializer,
     description="`worker_unavailable`: the media worker is not running; `worker_busy`: it is at its limit "
-    "(MEDIA_WORKER_MAX_LOAD of its core in use, or MEDIA_WORKER_MAX_CALLS live calls), try again or elsewhere; "
+    "(MEDIA_WORKER_MAX_LOAD of its core in use, or MEDIA_WORKER_MAX_CALLS live calls): retry later; "
     "`no_free_port`: no RTP port left.",
 )
 NO_FREE_PORT = OpenApiResponse(ErrorSerializer, description="`no_free_port`: no RTP port left for the leg.")

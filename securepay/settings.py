@@ -265,11 +265,15 @@ MEDIA_RTP_TIMEOUT_SECONDS = envint("MEDIA_RTP_TIMEOUT_SECONDS", 30)
 # A media worker that has not signed of life for this long is gone: the recovery sweep
 # ends its calls and unsecures its sessions (workers beat every few seconds).
 MEDIA_WORKER_LOST_SECONDS = envint("MEDIA_WORKER_LOST_SECONDS", 60)
-# A worker gets no new call while its relaying thread used this share of its core
-# (measured between its beats), nor past this many live calls (0: no cap). Near a
-# full core every call's audio is late (bench/media_worker.py: p99 over 40 ms past ~80%).
+# A worker gets no new call while its process used this share of a core (measured
+# between its beats), nor past this many live calls (0: no cap). Near a full core
+# every call's audio is late (bench/media_worker.py: p99 over 40 ms past ~80%).
 MEDIA_WORKER_MAX_LOAD = float(envstr("MEDIA_WORKER_MAX_LOAD", "0.7"))
+if not 0 < MEDIA_WORKER_MAX_LOAD <= 1:
+    raise ImproperlyConfigured("MEDIA_WORKER_MAX_LOAD is a share of one core: above 0, at most 1 (e.g. 0.7)")
 MEDIA_WORKER_MAX_CALLS = envint("MEDIA_WORKER_MAX_CALLS", 0)
+if MEDIA_WORKER_MAX_CALLS < 0:
+    raise ImproperlyConfigured("MEDIA_WORKER_MAX_CALLS is a number of calls, 0 for no cap")
 # The keypad simulator stands in for a phone; it is never routed in production.
 # Never in production, whatever the environment says: it types digits into sessions.
 KEYPAD_SIMULATOR_ENABLED = DEBUG and envbool("KEYPAD_SIMULATOR_ENABLED", True)

@@ -63,3 +63,11 @@ def test_keypad_simulator_is_never_routed_in_production(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "absent"
     demo = manage(["shell", "--no-imports", "-c", script])
     assert demo.stdout.strip().splitlines()[-1] == "routed"  # the same check sees it where it is routed
+
+
+def test_media_worker_limits_out_of_range_refuse_to_start():
+    wrong = (("MEDIA_WORKER_MAX_LOAD", "0"), ("MEDIA_WORKER_MAX_LOAD", "70"), ("MEDIA_WORKER_MAX_CALLS", "-1"))
+    for name, value in wrong:
+        result = manage(["check"], **{name: value})
+        assert result.returncode != 0 and f"{name} is" in result.stderr, (name, value, result.stderr[-300:])
+    assert manage(["check"], MEDIA_WORKER_MAX_LOAD="1", MEDIA_WORKER_MAX_CALLS="300").returncode == 0

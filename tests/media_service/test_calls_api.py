@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from media import service as media_service
 from media.service import MediaWorker, parse_address
-from securepay.calls import Call, MediaWorkerBeat
+from securepay.calls import Call, MediaWorkerBeat, allocate_ports
 from securepay.models import BreakReason, PaymentSession, SecureState
 from tests.live.conftest import session_in_card_entry
 from tests.support import missing
@@ -288,6 +288,13 @@ def test_call_starts_on_one_worker_take_turns_so_its_cap_holds(transactional_db,
     assert not failures, failures
     assert refused.status_code == 503 and refused.json()["code"] == "worker_busy"
     assert Call.objects.count() == 1
+
+
+def test_ports_are_picked_only_inside_a_transaction_that_holds_the_workers_row(transactional_db, settings):
+    with pytest.raises(RuntimeError, match="needs a transaction"):
+        allocate_ports(settings.MEDIA_WORKER_ID, 2)  # its lock would end before the ports are written
+    with transaction.atomic():
+        assert len(set(allocate_ports(settings.MEDIA_WORKER_ID, 2))) == 2
 
 
 def test_an_in_process_worker_that_fails_to_start_gets_503_not_a_hung_request(
