@@ -1,5 +1,5 @@
-"""A media worker's load: measured on its event loop's thread, carried by each sign of
-life, read by the API before it starts a call there (tests/media_service/test_calls_api.py)."""
+"""A media worker's load: the share of a core its whole process used, carried by each sign
+of life, read by the API before it starts a call there (tests/media_service/test_calls_api.py)."""
 
 from __future__ import annotations
 
