@@ -15,6 +15,10 @@ reading only the sockets that have a packet. It records how late each send
 was; a step where it was more than 5 ms late at p99 measured the generator,
 not the worker: it is reported as "generator saturated" and ends the sweep.
 
+After the sweep the same load runs once, at the target's call count, against
+a worker that only reads and sends each datagram (`serve_sockets_only`): the
+floor that the socket calls alone put under this design.
+
     .venv/bin/python bench/media_worker.py            # prints JSON, writes BENCHMARKS.md
     .venv/bin/python bench/media_worker.py --no-write --steps 25 50 --duration 10
 """
@@ -166,10 +170,10 @@ async def cpu_until_done(conn) -> dict:
 
 
 def serve_sockets_only(calls: int, conn) -> None:
-    """The floor under any relay written in Python: the worker's sockets, epoll set
-    and event loop as `media.relay.Relay` has them, but each datagram is only read
-    and sent on to the other leg's phone - no parsing, masking or detection. Its
-    CPU is what the socket calls alone cost at a step (it detects no keys)."""
+    """The floor under the relay's design: the worker's sockets, epoll set and event
+    loop as `media.relay.Relay` has them, but each datagram is only read and sent on
+    to the other leg's phone - no parsing, masking or detection. Its CPU is what the
+    socket calls alone cost at a step (it detects no keys: no pass or fail)."""
     os.sched_setaffinity(0, {WORKER_CPU})
     enough_files(2 * calls)
     calibration = calibrate()
