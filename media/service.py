@@ -198,7 +198,7 @@ class MediaWorker:
         """A previous run's live calls are gone: end them, unsecure their open sessions
         and every session it had secured (the API may have moved a row to another session)."""
         # Alive: the recovery sweep leaves its calls alone; idle: the load of a previous run is not ours.
-        MediaWorkerBeat.beat(self.worker_id, load=0.0)
+        MediaWorkerBeat.beat(self.worker_id, load=0.0, calls=0)
         lost: set[str] = set()
         for row in CallRow.objects.filter(worker_id=self.worker_id, state=CallState.LIVE).select_related("session"):
             row.end(EndReason.WORKER_RESTART)
@@ -232,7 +232,7 @@ class MediaWorker:
     def _tick_once(self) -> None:
         self._ticks += 1
         if self._ticks % BEAT_TICKS == 0:
-            self._jobs.put_nowait(self._beat(self._load.read() if self._load else None))
+            self._jobs.put_nowait(self._beat(self._load.read() if self._load else None, len(self.relay.calls)))
         self.relay.send_reports()
         started = {call_id: link.started for call_id, link in self.links.items()}
         for call_id in self.relay.idle_calls(self.rtp_timeout_s, started):
@@ -244,14 +244,14 @@ class MediaWorker:
                 # The session ended (agent, API): a barging supervisor may hear the caller again.
                 call.session_open = self.hub.is_linked(link.session_id)
 
-    async def _beat(self, load: float | None = None) -> None:
-        await database_sync_to_async(self._sign_of_life)(load)
+    async def _beat(self, load: float | None = None, calls: int = 0) -> None:
+        await database_sync_to_async(self._sign_of_life)(load, calls)
 
-    def _sign_of_life(self, load: float | None) -> None:
-        """A sign of life with the worker's load (the API starts no call on a busy worker);
-        calls of this worker it does not relay (their start message was lost) end once they
-        are older than the RTP timeout, as a silent call would."""
-        MediaWorkerBeat.beat(self.worker_id, load)
+    def _sign_of_life(self, load: float | None, calls: int) -> None:
+        """A sign of life with the worker's load and the calls it relays (the API starts no
+        call on a busy worker); calls of this worker it does not relay (their start message
+        was lost) end once they are older than the RTP timeout, as a silent call would."""
+        MediaWorkerBeat.beat(self.worker_id, load, calls)
         cutoff = timezone.now() - timedelta(seconds=self.rtp_timeout_s)
         rows = CallRow.objects.filter(worker_id=self.worker_id, state=CallState.LIVE, created_at__lt=cutoff)
         for pk in rows.values_list("pk", flat=True):

@@ -275,28 +275,39 @@ class MediaWorkerBeat(models.Model):
 
     worker_id = models.CharField(max_length=64, primary_key=True)
     seen_at = models.DateTimeField()
-    # Share of one core the worker's process used between its last two beats.
+    # Share of one core the worker's process used between its last two beats, and the
+    # calls it relayed at the last one: what a call costs it.
     load = models.FloatField(default=0.0)
+    calls = models.PositiveIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"media worker {self.worker_id} (seen {self.seen_at:%Y-%m-%d %H:%M:%S}, load {self.load:.0%})"
 
     @classmethod
-    def beat(cls, worker_id: str, load: float | None = None) -> None:
-        """A sign of life; `load` when the worker has measured one (not at its start)."""
-        fields = {"seen_at": timezone.now()} if load is None else {"seen_at": timezone.now(), "load": load}
+    def beat(cls, worker_id: str, load: float | None = None, calls: int = 0) -> None:
+        """A sign of life; with `load` (and the calls it relays) when the worker has measured one."""
+        fields = {"seen_at": timezone.now()}
+        if load is not None:
+            fields.update(load=load, calls=calls)
         cls.objects.update_or_create(worker_id=worker_id, defaults=fields)
 
     def refuse_another_call(self) -> None:
-        """Raise WorkerBusy when the worker has no room for a new call: its load at its last
-        beat at MEDIA_WORKER_MAX_LOAD, or its live calls at MEDIA_WORKER_MAX_CALLS (0: no
-        such cap). Past a core's capacity every call's audio is late, then lost; refusing
-        the next call keeps the calls already relayed whole. The load is a 5 s average that
-        new calls raise only once their audio flows: a burst of calls inside one beat is
-        held back by the cap alone."""
-        if self.load >= settings.MEDIA_WORKER_MAX_LOAD:
+        """Raise WorkerBusy when the worker has no room for a new call: its load at MEDIA_WORKER_MAX_LOAD,
+        or its live calls at MEDIA_WORKER_MAX_CALLS (0: no such cap). Past a core's capacity every
+        call's audio is late, then lost; refusing the next call keeps the calls already relayed whole.
+        The load is the last beat's (a 5 s average), plus, for each call started since, what a call
+        cost then (average cost: above a call's share at low counts, which only errs on the safe
+        side). A worker that relayed no call at its last beat (one just started) knows no such cost:
+        until its next beat a burst of calls is held back by the cap alone."""
+        load, started = self.load, 0
+        if self.calls:
+            live = Call.objects.filter(worker_id=self.worker_id, state=CallState.LIVE)
+            started = live.filter(created_at__gt=self.seen_at).count()
+            load += started * self.load / self.calls
+        if load >= settings.MEDIA_WORKER_MAX_LOAD:
+            since = f", with the {started} call(s) started since it measured" if started else ""
             raise WorkerBusy(
-                f"media worker {self.worker_id} is busy ({self.load:.0%} of its core in use, "
+                f"media worker {self.worker_id} is busy ({load:.0%} of its core in use{since}, "
                 f"limit {settings.MEDIA_WORKER_MAX_LOAD:.0%})"
             )
         cap = settings.MEDIA_WORKER_MAX_CALLS

@@ -15,4 +15,9 @@ class Migration(migrations.Migration):
             name='load',
             field=models.FloatField(default=0.0),
         ),
+        migrations.AddField(
+            model_name='mediaworkerbeat',
+            name='calls',
+            field=models.PositiveIntegerField(default=0),
+        ),
     ]

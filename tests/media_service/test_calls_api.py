@@ -242,6 +242,20 @@ def test_a_busy_worker_gets_no_new_call_until_its_load_falls(alpha, settings):
     assert api(alpha, "post", "/api/v1/calls/").status_code == 201
 
 
+def test_calls_started_since_the_last_beat_count_at_what_a_call_cost_then(alpha, settings):
+    settings.MEDIA_WORKER_MAX_LOAD = 0.72
+    MediaWorkerBeat.beat(settings.MEDIA_WORKER_ID, load=0.5, calls=10)  # 5% of the core a call
+    assert [api(alpha, "post", "/api/v1/calls/").status_code for _ in range(5)] == [201] * 5  # up to 70%
+    refused = api(alpha, "post", "/api/v1/calls/")  # 75% with a sixth
+    assert refused.status_code == 503 and refused.json()["code"] == "worker_busy"
+    assert refused.json()["detail"] == (
+        "media worker main is busy (75% of its core in use, with the 5 call(s) started since it measured, limit 72%)"
+    )
+    assert Call.objects.count() == 5
+    MediaWorkerBeat.beat(settings.MEDIA_WORKER_ID, load=0.6, calls=15)  # the next beat measured them
+    assert api(alpha, "post", "/api/v1/calls/").status_code == 201
+
+
 def test_a_worker_at_its_call_cap_gets_no_new_call_and_ended_calls_do_not_count(alpha, beta, settings):
     settings.MEDIA_WORKER_MAX_CALLS = 2
     first = api(alpha, "post", "/api/v1/calls/").json()

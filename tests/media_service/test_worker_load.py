@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 
 from media import service
 from media.service import LoadMeter, MediaWorker
-from securepay.calls import MediaWorkerBeat
+from securepay.calls import MediaWorkerBeat, start_call
 from securepay.live import MediaHub
 
 WORKER_ID = "load-test"
@@ -49,31 +49,36 @@ def test_the_meter_divides_cpu_time_by_the_time_between_readings():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_each_sign_of_life_carries_the_load_measured_since_the_last(settings):
+def test_each_sign_of_life_carries_the_load_measured_since_the_last_and_the_calls_relayed(alpha):
     worker = MediaWorker(WORKER_ID, "127.0.0.1", 30, MediaHub())
     try:
         MediaWorkerBeat.beat(WORKER_ID)
+        calls = [start_call(alpha.tenant, worker_id=WORKER_ID) for _ in range(2)]
         cpu, clock = iter([0.0, 0.3]), iter([0.0, 5.0])
         worker._load = LoadMeter(cpu=lambda: next(cpu), clock=lambda: next(clock))
         worker._ticks = service.BEAT_TICKS - 1  # the next tick beats
 
-        async def tick_and_beat() -> None:
+        async def relay_tick_and_beat() -> None:
+            for call in calls:
+                await worker._start_call(str(call.pk))
             worker._tick_once()
             await worker._jobs.get_nowait()
 
-        async_to_sync(tick_and_beat)()
-        assert MediaWorkerBeat.objects.get(worker_id=WORKER_ID).load == pytest.approx(0.06)
+        async_to_sync(relay_tick_and_beat)()
+        beat = MediaWorkerBeat.objects.get(worker_id=WORKER_ID)
+        assert (beat.load, beat.calls) == (pytest.approx(0.06), 2)
     finally:
         worker.relay.close()
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_that_starts_again_is_not_held_to_the_load_of_its_last_run():
-    MediaWorkerBeat.beat(WORKER_ID, load=0.95)  # its last run was busy, then stopped
+    MediaWorkerBeat.beat(WORKER_ID, load=0.95, calls=80)  # its last run was busy, then stopped
     worker = MediaWorker(WORKER_ID, "127.0.0.1", 30, MediaHub())
     try:
         worker.recover()  # the start of its new run: it relays no call yet
-        assert MediaWorkerBeat.objects.get(worker_id=WORKER_ID).load == 0.0
+        beat = MediaWorkerBeat.objects.get(worker_id=WORKER_ID)
+        assert (beat.load, beat.calls) == (0.0, 0)
     finally:
         worker.relay.close()
 
