@@ -232,7 +232,8 @@ class MediaWorker:
     def _tick_once(self) -> None:
         self._ticks += 1
         if self._ticks % BEAT_TICKS == 0:
-            self._jobs.put_nowait(self._beat(self._load.read() if self._load else None, len(self.relay.calls)))
+            measured = (self._load.read(), len(self.relay.calls)) if self._load else (None, None)
+            self._jobs.put_nowait(self._beat(*measured))
         self.relay.send_reports()
         started = {call_id: link.started for call_id, link in self.links.items()}
         for call_id in self.relay.idle_calls(self.rtp_timeout_s, started):
@@ -244,10 +245,10 @@ class MediaWorker:
                 # The session ended (agent, API): a barging supervisor may hear the caller again.
                 call.session_open = self.hub.is_linked(link.session_id)
 
-    async def _beat(self, load: float | None = None, calls: int = 0) -> None:
+    async def _beat(self, load: float | None = None, calls: int | None = None) -> None:
         await database_sync_to_async(self._sign_of_life)(load, calls)
 
-    def _sign_of_life(self, load: float | None, calls: int) -> None:
+    def _sign_of_life(self, load: float | None, calls: int | None) -> None:
         """A sign of life with the worker's load and the calls it relays (the API starts no
         call on a busy worker); calls of this worker it does not relay (their start message
         was lost) end once they are older than the RTP timeout, as a silent call would."""

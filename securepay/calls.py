@@ -284,8 +284,11 @@ class MediaWorkerBeat(models.Model):
         return f"media worker {self.worker_id} (seen {self.seen_at:%Y-%m-%d %H:%M:%S}, load {self.load:.0%})"
 
     @classmethod
-    def beat(cls, worker_id: str, load: float | None = None, calls: int = 0) -> None:
-        """A sign of life; with `load` (and the calls it relays) when the worker has measured one."""
+    def beat(cls, worker_id: str, load: float | None = None, calls: int | None = None) -> None:
+        """A sign of life; with the load the worker measured and the calls it relayed then,
+        which go together (a beat with neither keeps the last ones)."""
+        if (load is None) != (calls is None):
+            raise ValueError("a beat's load and calls are measured together: give both or neither")
         fields = {"seen_at": timezone.now()}
         if load is not None:
             fields.update(load=load, calls=calls)
@@ -295,23 +298,25 @@ class MediaWorkerBeat(models.Model):
         """Raise WorkerBusy when the worker has no room for a new call: its load at MEDIA_WORKER_MAX_LOAD,
         or its live calls at MEDIA_WORKER_MAX_CALLS (0: no such cap). Past a core's capacity every
         call's audio is late, then lost; refusing the next call keeps the calls already relayed whole.
-        The load is the last beat's (a 5 s average), plus, for each call started since, what a call
-        cost then (average cost: above a call's share at low counts, which only errs on the safe
-        side). A worker that relayed no call at its last beat (one just started) knows no such cost:
-        until its next beat a burst of calls is held back by the cap alone."""
-        load, started = self.load, 0
-        if self.calls:
-            live = Call.objects.filter(worker_id=self.worker_id, state=CallState.LIVE)
-            started = live.filter(created_at__gt=self.seen_at).count()
-            load += started * self.load / self.calls
+
+        The load is the last beat's (a 5 s average) plus, for each live call beyond those the worker
+        relayed at that beat (started since, or not bound yet), what a call cost then (load / calls).
+        Counting rows, not timestamps, holds across hosts' clocks and the worker's job queue. It is an
+        estimate: the average is above a call's share at low counts (fixed costs) and below it just
+        after a ramp (calls whose audio had barely begun), until the next beat measures again. A worker
+        that relayed no call at its last beat (one just started) knows no cost per call: until its
+        next beat a burst of calls is held back by the cap alone."""
+        live = Call.objects.filter(worker_id=self.worker_id, state=CallState.LIVE).count()
+        unmeasured = max(live - self.calls, 0) if self.calls else 0
+        load = self.load + unmeasured * self.load / self.calls if unmeasured else self.load
         if load >= settings.MEDIA_WORKER_MAX_LOAD:
-            since = f", with the {started} call(s) started since it measured" if started else ""
+            counting = f", counting {unmeasured} call(s) it had not measured" if unmeasured else ""
             raise WorkerBusy(
-                f"media worker {self.worker_id} is busy ({load:.0%} of its core in use{since}, "
+                f"media worker {self.worker_id} is busy ({load:.0%} of its core in use{counting}, "
                 f"limit {settings.MEDIA_WORKER_MAX_LOAD:.0%})"
             )
         cap = settings.MEDIA_WORKER_MAX_CALLS
-        if cap and (live := Call.objects.filter(worker_id=self.worker_id, state=CallState.LIVE).count()) >= cap:
+        if cap and live >= cap:
             raise WorkerBusy(
                 f"media worker {self.worker_id} relays {live} calls, its limit is {cap} (MEDIA_WORKER_MAX_CALLS)"
             )

@@ -231,29 +231,32 @@ def test_no_call_is_started_on_a_worker_that_shows_no_sign_of_life(alpha, settin
 
 def test_a_busy_worker_gets_no_new_call_until_its_load_falls(alpha, settings):
     settings.MEDIA_WORKER_MAX_LOAD = 0.7
-    MediaWorkerBeat.beat(settings.MEDIA_WORKER_ID, load=0.7)  # as measured between its last two beats
+    MediaWorkerBeat.beat(settings.MEDIA_WORKER_ID, load=0.7, calls=0)  # as measured between its last two beats
     refused = api(alpha, "post", "/api/v1/calls/")
     assert refused.status_code == 503 and refused.json()["code"] == "worker_busy"
     assert "70% of its core" in refused.json()["detail"]
     assert not Call.objects.exists()
     MediaWorkerBeat.beat(settings.MEDIA_WORKER_ID)  # a beat that measured nothing keeps the last load
     assert api(alpha, "post", "/api/v1/calls/").json()["code"] == "worker_busy"
-    MediaWorkerBeat.beat(settings.MEDIA_WORKER_ID, load=0.69)
+    MediaWorkerBeat.beat(settings.MEDIA_WORKER_ID, load=0.69, calls=0)
     assert api(alpha, "post", "/api/v1/calls/").status_code == 201
 
 
-def test_calls_started_since_the_last_beat_count_at_what_a_call_cost_then(alpha, settings):
+def test_calls_beyond_those_the_last_beat_measured_count_at_what_a_call_cost_then(alpha, settings):
     settings.MEDIA_WORKER_MAX_LOAD = 0.72
+    relayed = [api(alpha, "post", "/api/v1/calls/").json()["id"] for _ in range(10)]
     MediaWorkerBeat.beat(settings.MEDIA_WORKER_ID, load=0.5, calls=10)  # 5% of the core a call
     assert [api(alpha, "post", "/api/v1/calls/").status_code for _ in range(5)] == [201] * 5  # up to 70%
     refused = api(alpha, "post", "/api/v1/calls/")  # 75% with a sixth
     assert refused.status_code == 503 and refused.json()["code"] == "worker_busy"
     assert refused.json()["detail"] == (
-        "media worker main is busy (75% of its core in use, with the 5 call(s) started since it measured, limit 72%)"
+        "media worker main is busy (75% of its core in use, counting 5 call(s) it had not measured, limit 72%)"
     )
-    assert Call.objects.count() == 5
-    MediaWorkerBeat.beat(settings.MEDIA_WORKER_ID, load=0.6, calls=15)  # the next beat measured them
-    assert api(alpha, "post", "/api/v1/calls/").status_code == 201
+    assert Call.objects.count() == 15
+    assert api(alpha, "post", f"/api/v1/calls/{relayed[0]}/events/", {"event": "hangup"}).status_code == 202
+    assert api(alpha, "post", "/api/v1/calls/").status_code == 201  # a call ended: room for one
+    MediaWorkerBeat.beat(settings.MEDIA_WORKER_ID, load=0.6, calls=15)  # the next beat measured them all
+    assert api(alpha, "post", "/api/v1/calls/").status_code == 201  # 60%: every live call measured
 
 
 def test_a_worker_at_its_call_cap_gets_no_new_call_and_ended_calls_do_not_count(alpha, beta, settings):

@@ -105,7 +105,7 @@ def test_with_no_media_worker_running_it_fails_with_one_line_and_starts_no_call(
 
 def test_on_a_busy_media_worker_it_fails_with_one_line_and_starts_no_call(alpha, settings):
     settings.MEDIA_WORKER_MODE = "external"
-    MediaWorkerBeat.beat("main", load=0.95)  # running, but its core is nearly full
+    MediaWorkerBeat.beat("main", load=0.95, calls=0)  # running, but its core is nearly full
     session = open_session(alpha)
     with pytest.raises(CommandError) as failed:
         simulate(session)

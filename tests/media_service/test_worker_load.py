@@ -115,3 +115,10 @@ def test_a_running_worker_beats_with_the_load_it_measured(settings, monkeypatch)
     load = async_to_sync(scenario)()
     assert load != unmeasured, "the worker never wrote a load it measured"
     assert 0.0 <= load < 2.0
+
+
+@pytest.mark.django_db
+def test_a_beat_takes_its_load_and_calls_together():
+    with pytest.raises(ValueError, match="give both or neither"):
+        MediaWorkerBeat.beat(WORKER_ID, load=0.5)
+    assert not MediaWorkerBeat.objects.exists()
