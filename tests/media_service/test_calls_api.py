@@ -138,37 +138,49 @@ def wait_for_a_lock_waiter(timeout: float = 5.0) -> None:
             if cursor.fetchone()[0]:
                 return
             time.sleep(0.01)
-    raise AssertionError("the request never waited for the call's row")
+    raise AssertionError("the request never waited for the locked row")
 
 
-def during_a_concurrent_change(call_id: str, send_request):
-    """Send the request while another transaction holds the call's row, then commits a
-    supervisor of its own ("ann"): the request must build on that change, not overwrite it."""
+def while_another_transaction_holds(rows, change, send_request):
+    """Send the request while another transaction holds `rows` (locked with select_for_update);
+    once the request waits for the lock, that transaction makes `change()` and commits.
+    Returns the request's response."""
     if connection.vendor != "postgresql":
         missing("row locks are only real on PostgreSQL (DATABASE_URL), as in CI")
     locked, failures = threading.Event(), []
 
-    def concurrent_request() -> None:
+    def concurrent_transaction() -> None:
         try:
             with transaction.atomic():
-                row = Call.objects.select_for_update().get(pk=call_id)
+                list(rows.select_for_update())
                 locked.set()
                 wait_for_a_lock_waiter()
-                row.supervisors["ann"] = ANN
-                row.save(update_fields=["supervisors"])
+                change()
         except Exception as exc:  # reported by the test below, not lost in the thread
             failures.append(exc)
             locked.set()
         finally:
             connection.close()
 
-    other = threading.Thread(target=concurrent_request)
+    other = threading.Thread(target=concurrent_transaction)
     other.start()
     assert locked.wait(5)
     response = send_request()
     other.join(10)
     assert not failures, failures
     return response
+
+
+def during_a_concurrent_change(call_id: str, send_request):
+    """Send the request while another transaction holds the call's row, then commits a
+    supervisor of its own ("ann"): the request must build on that change, not overwrite it."""
+
+    def add_ann() -> None:
+        row = Call.objects.get(pk=call_id)
+        row.supervisors["ann"] = ANN
+        row.save(update_fields=["supervisors"])
+
+    return while_another_transaction_holds(Call.objects.filter(pk=call_id), add_ann, send_request)
 
 
 def call_with_sue(world) -> tuple[str, str]:
@@ -276,33 +288,19 @@ def test_a_worker_at_its_call_cap_gets_no_new_call_and_ended_calls_do_not_count(
 def test_call_starts_on_one_worker_take_turns_so_its_cap_holds(transactional_db, alpha, settings):
     """Another start holds the worker's row and adds the call that reaches the cap: the
     request waits for it and counts that call, rather than both passing the count."""
-    if connection.vendor != "postgresql":
-        missing("row locks are only real on PostgreSQL (DATABASE_URL), as in CI")
     settings.MEDIA_WORKER_MAX_CALLS = 1
-    locked, failures = threading.Event(), []
 
-    def concurrent_start() -> None:
-        try:
-            with transaction.atomic():
-                MediaWorkerBeat.objects.select_for_update().get(worker_id=settings.MEDIA_WORKER_ID)
-                locked.set()
-                wait_for_a_lock_waiter()
-                Call.objects.create(
-                    tenant=alpha.tenant, worker_id=settings.MEDIA_WORKER_ID, host="127.0.0.1",
-                    caller_port=40000, agent_port=40001,
-                )  # fmt: skip
-        except Exception as exc:  # reported below, not lost in the thread
-            failures.append(exc)
-            locked.set()
-        finally:
-            connection.close()
+    def add_the_capping_call() -> None:
+        Call.objects.create(
+            tenant=alpha.tenant, worker_id=settings.MEDIA_WORKER_ID, host="127.0.0.1",
+            caller_port=40000, agent_port=40001,
+        )  # fmt: skip
 
-    other = threading.Thread(target=concurrent_start)
-    other.start()
-    assert locked.wait(5)
-    refused = api(alpha, "post", "/api/v1/calls/")
-    other.join(10)
-    assert not failures, failures
+    refused = while_another_transaction_holds(
+        MediaWorkerBeat.objects.filter(worker_id=settings.MEDIA_WORKER_ID),
+        add_the_capping_call,
+        lambda: api(alpha, "post", "/api/v1/calls/"),
+    )
     assert refused.status_code == 503 and refused.json()["code"] == "worker_busy"
     assert Call.objects.count() == 1
 
